@@ -1,0 +1,288 @@
+"""Chapter 02 — scale and zero point: affine integer quantization.
+
+The one convention of minq (DESIGN.md §2), stated once:
+
+    q     = clip(round(x / s) + z, qmin, qmax)       codes are unsigned: qmin = 0, qmax = 2^bits - 1
+    x_hat = s * (q - z)
+
+- **symmetric**: ``z = 2^(bits-1)`` (fixed, never stored) and the seed's ``s = max|x| / (2^(bits-1) - 1)``.
+  ``q - z`` is the signed integer of the seed, in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``.
+- **asymmetric**, integer zero point (default): the range ``[lo, hi] = [min(x, 0), max(x, 0)]`` is mapped
+  onto ``[0, 2^bits - 1]``: ``s = (hi - lo) / (2^bits - 1)``, ``z = round(-lo / s)``. Zero is exactly
+  representable (``x = 0 -> q = z -> x_hat = 0``), which keeps padding and ReLU zeros exact.
+- **asymmetric, float zero point** (``zero_point="float"``, the ggml Q4_1 / k-quant style
+  ``x_hat = d * q + m``): ``lo, hi = min(x), max(x)``, ``s = (hi - lo) / (2^bits - 1)``, ``z = -lo / s``
+  not rounded, and ``q = clip(round(x / s + z), qmin, qmax)``. Zero is not exactly representable.
+
+The seed writes ``x_quant = round((x - z') / s)``, ``x_dequant = x_quant * s + z'`` with a zero point
+``z'`` in the float domain; minq's integer ``z`` is ``-z' / s``: the same map, with zero on the grid.
+
+Rounding: ``"nearest_even"`` (``np.rint``, ties to even; the default) or ``"stochastic"``
+(``floor(x / s + u)``, ``u ~ U[0, 1)``, unbiased: E[x_hat] = x inside the range; used by QAT).
+
+Error guarantee (tests/test_affine.py): for ``x`` inside the representable range
+``[s (qmin - z), s (qmax - z)]``, nearest rounding gives ``|x - x_hat| <= s/2 + 2^-22 (|x| + s)``.
+The second term is float32 arithmetic: ``x / s`` and ``s * (q - z)`` are each rounded once with
+relative error <= 2^-24, and ``|x / s| <= 2^bits``. Stochastic rounding gives ``|x - x_hat| < s``.
+
+Everything is computed in float32. The same functions take torch tensors (any device) and return
+torch tensors; the tests prove the two paths equal on CPU.
+
+Notebook: ``notebooks/02_scale_zero_point.ipynb``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minq._backend import is_torch
+from minq._checks import check_bits, check_choice, check_float_array, check_uint_array
+
+__all__ = ["QParams", "choose_qparams", "quantize", "dequantize", "fake_quantize", "ROUNDING"]
+
+ROUNDING = ("nearest_even", "stochastic")
+ZERO_POINT = ("int", "float")
+SCALE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantization parameters: ``x_hat = s * (q - z)`` with ``q`` in ``[0, 2^bits - 1]``.
+
+    ``s`` (float32 or float16, the storage dtype) and ``z`` (float32) broadcast against ``x``.
+    ``zero_point`` is ``"int"`` when ``z`` holds integers (symmetric or integer asymmetric) and
+    ``"float"`` for a fractional zero point.
+    """
+
+    s: object
+    z: object
+    bits: int
+    symmetric: bool = False
+    zero_point: str = "int"
+
+    @property
+    def qmin(self) -> int:
+        return 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << self.bits) - 1
+
+
+# --- array backend: the handful of ops the formulas need, for NumPy and for torch -------------------
+
+
+class _NumpyOps:
+    f32 = staticmethod(lambda a: np.asarray(a, dtype=np.float32))
+    amax = staticmethod(lambda a, axis: np.max(a, axis=axis, keepdims=True))
+    amin = staticmethod(lambda a, axis: np.min(a, axis=axis, keepdims=True))
+    rint = staticmethod(np.rint)
+    floor = staticmethod(np.floor)
+    where = staticmethod(np.where)
+    maximum = staticmethod(np.maximum)
+    minimum = staticmethod(np.minimum)
+    clip = staticmethod(np.clip)
+
+    @staticmethod
+    def to_codes(a, bits):
+        return a.astype(np.uint8 if bits <= 8 else np.uint16)
+
+    @staticmethod
+    def uniform(shape, rng, like):
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator for NumPy input, got {type(rng).__name__}")
+        return rng.random(shape, dtype=np.float32)
+
+    @staticmethod
+    def round_scale_up(s, scale_dtype):
+        """Round s up to the storage dtype so the stored scale still covers the range."""
+        if scale_dtype == "float32":
+            return s
+        if np.any(s > np.finfo(np.float16).max):
+            raise ValueError("x is too large for float16 scales (s > 65504); use scale_dtype='float32'")
+        s16 = s.astype(np.float16)
+        s16 = np.where(s16.astype(np.float32) < s, np.nextafter(s16, np.float16(np.inf)), s16)
+        return s16
+
+
+class _TorchOps:
+    def __init__(self):
+        import torch
+
+        self.t = torch
+
+    def f32(self, a):
+        return a.to(self.t.float32)
+
+    def amax(self, a, axis):
+        return self.t.amax(a, dim=_dims(axis, a.ndim), keepdim=True)
+
+    def amin(self, a, axis):
+        return self.t.amin(a, dim=_dims(axis, a.ndim), keepdim=True)
+
+    def rint(self, a):
+        return self.t.round(a)  # ties to even, like np.rint
+
+    def floor(self, a):
+        return self.t.floor(a)
+
+    def where(self, c, a, b):
+        return self.t.where(c, a, b)
+
+    def maximum(self, a, b):
+        return self.t.maximum(a, self.t.as_tensor(b, dtype=a.dtype, device=a.device))
+
+    def minimum(self, a, b):
+        return self.t.minimum(a, self.t.as_tensor(b, dtype=a.dtype, device=a.device))
+
+    def clip(self, a, lo, hi):
+        return self.t.clamp(a, lo, hi)
+
+    def to_codes(self, a, bits):
+        return a.to(self.t.uint8)
+
+    def uniform(self, shape, rng, like):
+        if not isinstance(rng, self.t.Generator):
+            raise TypeError(f"rng must be a torch.Generator for torch input, got {type(rng).__name__}")
+        return self.t.rand(shape, generator=rng, device=rng.device).to(like.device)
+
+    def round_scale_up(self, s, scale_dtype):
+        if scale_dtype == "float32":
+            return s
+        if bool((s > 65504.0).any()):
+            raise ValueError("x is too large for float16 scales (s > 65504); use scale_dtype='float32'")
+        s16 = s.to(self.t.float16)
+        return self.t.where(s16.float() < s, _next_f16(self.t, s16), s16)
+
+
+def _next_f16(torch, s16):
+    """The next larger float16 (s16 >= 0, so that is the next bit pattern)."""
+    return (s16.view(torch.int16) + 1).view(torch.float16)
+
+
+def _dims(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    return axis
+
+
+def _ops(x):
+    return _TorchOps() if is_torch(x) else _NumpyOps
+
+
+def _check_axis(axis, ndim):
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+    if axes is None:
+        return None
+    try:
+        axes = tuple(int(a) for a in axes)
+    except TypeError:
+        raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for x with {ndim} dimensions")
+    return axes
+
+
+# --- the three steps ---------------------------------------------------------------------------------
+
+
+def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_point: str = "int",
+                   scale_dtype: str = "float32") -> QParams:
+    """Min-max quantization parameters for ``x``.
+
+    x: float array (NumPy or torch), finite, non-empty.
+    axis: the axes reduced over to get one (s, z) per slice: ``None`` = one pair for the whole
+        tensor; ``axis=1`` on ``W [out, in]`` = one pair per output row (per channel). ``s`` and
+        ``z`` keep the reduced axes with size 1, so they broadcast against ``x``.
+    symmetric: ``z = 2^(bits-1)``, ``s = max|x| / (2^(bits-1) - 1)``; needs bits >= 2.
+    zero_point: ``"int"`` (zero exactly representable) or ``"float"`` (asymmetric only).
+    scale_dtype: storage of ``s``; ``"float16"`` rounds ``s`` *up* to the next float16 so the
+        stored scale still covers the range and the error bound holds with the stored value.
+
+    A slice whose range is 0 (all zero; or all equal with a float zero point) gets ``s = 1``:
+    every value of it is then reproduced exactly.
+    """
+    check_float_array(x, "x")
+    bits = check_bits(bits)
+    check_choice(zero_point, "zero_point", ZERO_POINT)
+    check_choice(scale_dtype, "scale_dtype", SCALE_DTYPES)
+    if symmetric and bits < 2:
+        raise ValueError("bits must be >= 2 for symmetric quantization (2^(bits-1) - 1 = 0 levels)")
+    if symmetric and zero_point == "float":
+        raise ValueError("zero_point='float' needs symmetric=False (a symmetric z is fixed)")
+    axes = _check_axis(axis, x.ndim)
+    op = _ops(x)
+    x = op.f32(x)
+    if symmetric:
+        half = (1 << (bits - 1)) - 1
+        amax = op.amax(abs(x), axes)
+        s = op.where(amax > 0, amax / half, amax * 0 + 1)
+        s = op.round_scale_up(s, scale_dtype)
+        z = op.f32(s) * 0 + float(1 << (bits - 1))
+        return QParams(s, z, bits, True, "int")
+    lo, hi = op.amin(x, axes), op.amax(x, axes)
+    if zero_point == "int":
+        lo, hi = op.minimum(lo, 0.0), op.maximum(hi, 0.0)
+    qmax = (1 << bits) - 1
+    s = op.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
+    s = op.round_scale_up(s, scale_dtype)
+    s32 = op.f32(s)
+    z = -lo / s32
+    if zero_point == "int":
+        z = op.clip(op.rint(z), 0, qmax)
+    return QParams(s, z, bits, False, zero_point)
+
+
+def _check_qparams(qp, x):
+    if not isinstance(qp, QParams):
+        raise TypeError(f"qp must be a QParams (from choose_qparams), got {type(qp).__name__}")
+    check_bits(qp.bits, "qp.bits")
+    check_float_array(qp.s, "qp.s")
+    check_float_array(qp.z, "qp.z")
+    if bool((qp.s <= 0).any()):
+        raise ValueError("qp.s must be > 0 everywhere")
+    if is_torch(x) != is_torch(qp.s):
+        raise TypeError("x and qp must both be NumPy arrays or both be torch tensors")
+
+
+def quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):
+    """Codes ``q = clip(round(x / s) + z, 0, 2^bits - 1)`` as uint8, same shape as ``x``.
+
+    rounding: ``"nearest_even"`` or ``"stochastic"`` (then ``rng`` is required: a
+    ``numpy.random.Generator`` for NumPy input, a ``torch.Generator`` for torch input).
+    """
+    check_float_array(x, "x")
+    _check_qparams(qp, x)
+    check_choice(rounding, "rounding", ROUNDING)
+    op = _ops(x)
+    x = op.f32(x)
+    s = op.f32(qp.s)
+    # with an integer z, round(x / s) + z is the DESIGN convention; a float z is added before rounding
+    v = x / s + qp.z if qp.zero_point == "float" else x / s
+    if rounding == "stochastic":
+        if rng is None:
+            raise ValueError("rng is required for rounding='stochastic' (pass a seeded generator)")
+        r = op.floor(v + op.uniform(tuple(x.shape), rng, x))
+    else:
+        r = op.rint(v)
+    if qp.zero_point == "int":
+        r = r + qp.z
+    return op.to_codes(op.clip(r, qp.qmin, qp.qmax), qp.bits)
+
+
+def dequantize(q, qp: QParams):
+    """``x_hat = s * (q - z)`` as float32, same shape as ``q``."""
+    check_uint_array(q, "q")
+    _check_qparams(qp, q)
+    if bool((q > qp.qmax).any()):
+        raise ValueError(f"q has codes above qmax = {qp.qmax} for bits={qp.bits}")
+    op = _ops(q)
+    return op.f32(qp.s) * (op.f32(q) - qp.z)
+
+
+def fake_quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):
+    """``dequantize(quantize(x, qp), qp)``: x rounded onto the grid, float32."""
+    return dequantize(quantize(x, qp, rounding=rounding, rng=rng), qp)

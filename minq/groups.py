@@ -1,0 +1,274 @@
+"""Chapter 03 — group quantization: one (s, z) per group of g weights along the input dimension.
+
+The granularity descriptor of all of minq (DESIGN.md §2) is ``group_size``:
+
+    None or 0   per tensor    one (s, z) for the whole W [out, in]
+    -1          per channel   one (s, z) per output row:            s [out, 1]
+    g > 0       per group     one (s, z) per g inputs of each row:  s [out, in / g]
+
+A group size that does not divide ``in`` is rejected (no ragged last group). Smaller groups follow
+the local range more closely — the error bound ``|w - w_hat| <= s/2`` only shrinks from per tensor to
+per channel to per group — but every group stores its own scale (and zero point):
+
+    bits_per_weight = bits + (scale_bits + zero_bits) / g        e.g. 4 + (16 + 4) / 64 = 4.31
+
+``GroupedAffine`` is the container that RTN, GPTQ and AWQ all produce. It implements the quantized
+weight protocol: ``dequantize() -> float32 [out, in]``, ``shape``, ``nbytes``, ``bits_per_weight``.
+Codes and integer zero points are stored bit-packed (``minq.packing``), scales as float16 by
+default (rounded *up*, so the bound holds with the stored scale).
+
+Reference: Dettmers & Zettlemoyer, "The case for 4-bit precision" (2023) on group size; GPTQ and
+AWQ both use this layout. Notebook: ``notebooks/03_group_quantization.ipynb``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minq import affine
+from minq._backend import is_torch
+from minq._checks import check_bits, check_choice, check_float_array, check_uint_array
+from minq._jit import njit, prange
+from minq.packing import pack, unpack
+
+__all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "GroupedAffine"]
+
+
+def resolve_group_size(group_size, n_in: int) -> int:
+    """The group width along the input dimension: ``n_in`` for per channel and per tensor, else ``g``.
+
+    Raises ValueError naming ``group_size`` when it is not None/0/-1/positive or does not divide ``n_in``.
+    """
+    if group_size is None or group_size == 0 or group_size == -1:
+        return n_in
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < -1:
+        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
+    if n_in % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the input dimension {n_in} "
+                         f"(ragged groups are not supported)")
+    return int(group_size)
+
+
+def _per_tensor(group_size) -> bool:
+    return group_size is None or group_size == 0
+
+
+def group(W, group_size):
+    """``W [out, in] -> [out, in / g, g]`` (a view): row r, group j holds ``W[r, j*g:(j+1)*g]``."""
+    check_float_array(W, "W", ndim=2, finite=False)
+    g = resolve_group_size(group_size, W.shape[1])
+    return W.reshape(W.shape[0], W.shape[1] // g, g)
+
+
+def ungroup(Wg):
+    """``[out, in / g, g] -> W [out, in]``, the inverse of ``group``."""
+    check_float_array(Wg, "Wg", ndim=3, finite=False)
+    return Wg.reshape(Wg.shape[0], Wg.shape[1] * Wg.shape[2])
+
+
+@dataclass(frozen=True)
+class GroupedAffine:
+    """A weight ``W [out, in]`` quantized as ``w_hat = s * (q - z)`` per group.
+
+    packed: uint8 [out, in * bits / 8]    codes q, bit-packed along each row (minq.packing)
+    s:      float16/32 [out, n_groups]    scales ([1, 1] per tensor)
+    z:      None (symmetric: z = 2^(bits-1), not stored)
+            | uint8 [out * n_groups * bits / 8] integer zero points, packed as one stream
+            | float16/32 [out, n_groups] float zero points
+    """
+
+    packed: object
+    s: object
+    z: object
+    shape: tuple
+    bits: int
+    group_size: object
+    symmetric: bool = False
+    zero_point: str = "int"
+
+    @classmethod
+    def from_codes(cls, q, s, z, *, bits: int, group_size, zero_point: str = "int") -> GroupedAffine:
+        """Build the container from unpacked parts (what GPTQ/AWQ produce).
+
+        q [out, in] uint8 codes; s [out, n_groups] (or [1, 1] per tensor) float16/float32 scales,
+        all > 0; z None (symmetric, z = 2^(bits-1)), or [out, n_groups] zero points: integers
+        in [0, 2^bits - 1] for ``zero_point="int"`` (packed on storage), stored in ``s``'s dtype
+        for ``zero_point="float"``.
+        """
+        bits = check_bits(bits)
+        check_uint_array(q, "q")
+        if q.ndim != 2:
+            raise ValueError(f"q must be 2-D [out, in], got shape {tuple(q.shape)}")
+        check_choice(zero_point, "zero_point", affine.ZERO_POINT)
+        out, n_in = q.shape
+        g = resolve_group_size(group_size, n_in)
+        want = (1, 1) if _per_tensor(group_size) else (out, n_in // g)
+        check_float_array(s, "s")
+        if tuple(s.shape) != want:
+            raise ValueError(f"s must have shape {want} for group_size={group_size!r}, got {tuple(s.shape)}")
+        if bool((s <= 0).any()):
+            raise ValueError("s must be > 0 everywhere")
+        if z is not None:
+            check_float_array(z, "z")
+            if tuple(z.shape) != want:
+                raise ValueError(f"z must have shape {want}, got {tuple(z.shape)}")
+            if zero_point == "int":
+                zf = _f32(z)
+                if bool(((zf < 0) | (zf > (1 << bits) - 1) | (zf != zf.round())).any()):
+                    raise ValueError(f"z must hold integers in [0, {(1 << bits) - 1}] for zero_point='int'")
+                z = pack(_codes_u8(z).reshape(-1), bits)  # [out, G] -> one packed stream
+            else:
+                z = z.to(s.dtype) if is_torch(z) else z.astype(s.dtype)
+        return cls(pack(q, bits), s, z, (out, n_in), bits, group_size, z is None, zero_point)
+
+    @property
+    def n_groups(self) -> int:
+        return self.s.shape[1]
+
+    @property
+    def g(self) -> int:
+        """Group width along the input dimension."""
+        return resolve_group_size(self.group_size, self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: packed codes + scales + stored zero points."""
+        z_bytes = 0 if self.z is None else _nbytes(self.z)
+        return _nbytes(self.packed) + _nbytes(self.s) + z_bytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    @property
+    def codes(self):
+        """Unpacked codes q [out, in] (uint8)."""
+        return unpack(self.packed, self.bits, self.shape[1])
+
+    def qparams(self) -> affine.QParams:
+        """Per-group ``(s, z)`` as ``affine.QParams`` broadcastable to ``group(W)`` [out, n_groups, 1]."""
+        s = self.s[..., None]
+        if self.z is None:
+            z = _full_like_f32(s, float(1 << (self.bits - 1)))
+        elif self.zero_point == "int":
+            z = _f32(unpack(self.z, self.bits, self.s.numel() if is_torch(self.s) else self.s.size))
+            z = z.reshape(*self.s.shape, 1)
+        else:
+            z = _f32(self.z)[..., None]
+        return affine.QParams(s, z, self.bits, self.symmetric, self.zero_point)
+
+    def dequantize(self):
+        """``w_hat [out, in]`` float32 (NumPy: one fused Numba unpack+dequantize pass)."""
+        qp = self.qparams()
+        out, n_in = self.shape
+        if is_torch(self.packed):
+            q = group_codes(self.codes, self.g, out)
+            return ungroup(affine.dequantize(q, qp))
+        s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, n_in // self.g)), dtype=np.float32)
+        z = np.ascontiguousarray(np.broadcast_to(qp.z[..., 0], s.shape), dtype=np.float32)
+        W_hat = np.empty(self.shape, np.float32)
+        _dequantize_kernel(self.packed, s, z, self.bits, self.g, W_hat)
+        return W_hat
+
+
+def group_codes(q, g, out):
+    """Codes ``[out, in] -> [out, in / g, g]``."""
+    return q.reshape(out, -1, g)
+
+
+def _nbytes(a) -> int:
+    return int(a.numel() * a.element_size()) if is_torch(a) else int(a.nbytes)
+
+
+def _f32(a):
+    return a.float() if is_torch(a) else a.astype(np.float32)
+
+
+def _full_like_f32(a, v):
+    if is_torch(a):
+        import torch
+
+        return torch.full(a.shape, v, dtype=torch.float32, device=a.device)
+    return np.full(a.shape, v, np.float32)
+
+
+def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zero_point: str = "int",
+                    scale_dtype: str = "float16") -> GroupedAffine:
+    """Round-to-nearest min-max quantization of ``W [out, in]`` per tensor / channel / group.
+
+    Returns a ``GroupedAffine``. Guarantee (tests/test_groups.py): ``|W - W_hat| <= s/2 + 2^-22 (|W| + s)``
+    elementwise, with ``s`` the stored scale of the element's group (float zero points: for
+    elements inside the stored grid's range). Per group, the codes equal
+    ``affine.quantize(group(W), affine.choose_qparams(group(W), axis=-1, ...))`` exactly.
+    """
+    check_float_array(W, "W", ndim=2)
+    bits = check_bits(bits)
+    check_choice(zero_point, "zero_point", affine.ZERO_POINT)
+    out, n_in = W.shape
+    g = resolve_group_size(group_size, n_in)
+    Wg = W.reshape(out, n_in // g, g)                                    # [out, in] -> [out, G, g]
+    axis = None if _per_tensor(group_size) else -1
+    qp = affine.choose_qparams(Wg, bits=bits, symmetric=symmetric, axis=axis, zero_point=zero_point,
+                               scale_dtype=scale_dtype)                  # s, z [out, G, 1] (or [1, 1, 1])
+    if zero_point == "float":  # quantize with the zero point as stored
+        z = qp.z.to(qp.s.dtype).float() if is_torch(W) else qp.z.astype(qp.s.dtype).astype(np.float32)
+        qp = affine.QParams(qp.s, z, bits, False, "float")
+    if is_torch(W):
+        q = ungroup_codes(affine.quantize(Wg, qp))
+    else:
+        s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, n_in // g)), dtype=np.float32)
+        z = np.ascontiguousarray(np.broadcast_to(qp.z[..., 0], s.shape), dtype=np.float32)
+        q = np.empty((out, n_in), np.uint8)
+        _quantize_kernel(np.ascontiguousarray(W, dtype=np.float32), s, z, bits, g, zero_point == "float", q)
+    z = None if symmetric else qp.z[..., 0]
+    return GroupedAffine.from_codes(q, qp.s[..., 0], z, bits=bits, group_size=group_size,
+                                    zero_point=zero_point)
+
+def ungroup_codes(qg):
+    return qg.reshape(qg.shape[0], -1)
+
+
+def _codes_u8(z):
+    return z.to(__import__("torch").uint8) if is_torch(z) else z.astype(np.uint8)
+
+
+# --- fast path (numba): fused quantize and fused unpack+dequantize, rows in parallel -----------------
+
+
+@njit(parallel=True)
+def _quantize_kernel(W, s, z, bits, g, float_zero_point, q):
+    # W [out, in] float32, s/z [out, in/g] float32 -> q [out, in] uint8
+    out, n_in = W.shape
+    qmax = np.float32((1 << bits) - 1)
+    for r in prange(out):
+        for j in range(n_in // g):
+            sj, zj = s[r, j], z[r, j]
+            for i in range(j * g, (j + 1) * g):
+                if float_zero_point:
+                    v = np.rint(W[r, i] / sj + zj)
+                else:
+                    v = np.rint(W[r, i] / sj) + zj
+                q[r, i] = np.uint8(min(max(v, np.float32(0.0)), qmax))
+
+
+@njit(parallel=True)
+def _dequantize_kernel(packed, s, z, bits, g, W_hat):
+    # packed [out, in*bits/8] uint8, s/z [out, in/g] float32 -> W_hat [out, in] float32
+    out, n_in = W_hat.shape
+    mask = np.uint64((1 << bits) - 1)
+    for r in prange(out):
+        acc = np.uint64(0)
+        filled = 0
+        k = 0
+        for i in range(n_in):
+            while filled < bits:
+                acc |= np.uint64(packed[r, k]) << np.uint64(filled)
+                filled += 8
+                k += 1
+            j = i // g
+            W_hat[r, i] = s[r, j] * (np.float32(acc & mask) - z[r, j])
+            acc >>= np.uint64(bits)
+            filled -= bits
+

@@ -1,0 +1,182 @@
+"""Bit packing of b-bit integer codes (b = 1..8) into bytes — part of chapter 03.
+
+Codes are packed along the last axis as one little-endian bit stream per row: code ``i`` of a row
+occupies stream bits ``[i*b, (i+1)*b)``, least significant bit first. A chunk of
+``c = 8 / gcd(b, 8)`` codes fills exactly ``c*b/8`` bytes:
+
+    4-bit, 2 codes -> 1 byte           byte 0 = q1 q1 q1 q1 q0 q0 q0 q0    (q0 in the low nibble)
+    2-bit, 4 codes -> 1 byte           byte 0 = q3 q3 q2 q2 q1 q1 q0 q0
+    3-bit, 8 codes -> 3 bytes          byte 0 = q2 q2 q1 q1 q1 q0 q0 q0
+                                       byte 1 = q5 q4 q4 q4 q3 q3 q3 q2
+                                       byte 2 = q7 q7 q7 q6 q6 q6 q5 q5
+    8-bit, 1 code  -> 1 byte           (a copy)
+
+A row whose length is not a multiple of ``c`` is padded with zero codes; ``unpack`` takes the true
+row length ``n`` and drops the padding. ``nbytes_per_row(n, bits) = ceil(n / c) * c * bits / 8``.
+
+The readable reference works on whole chunks with integer shifts (and runs unchanged on torch
+tensors); the Numba kernels walk the bit stream with a 64-bit accumulator; tests prove all equal.
+Notebook: ``notebooks/03_group_quantization.ipynb``.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+
+import numpy as np
+
+from minq._backend import is_torch
+from minq._checks import check_bits, check_uint_array
+from minq._jit import njit, prange
+
+__all__ = ["pack", "unpack", "chunk_codes", "nbytes_per_row"]
+
+
+def chunk_codes(bits: int) -> int:
+    """Codes per whole-byte chunk: ``8 / gcd(bits, 8)`` (4-bit: 2, 2-bit: 4, 3-bit: 8, 8-bit: 1)."""
+    return 8 // gcd(bits, 8)
+
+
+def nbytes_per_row(n: int, bits: int) -> int:
+    """Bytes that a packed row of ``n`` codes takes (padding to a whole chunk included)."""
+    c = chunk_codes(bits)
+    return -(-n // c) * c * bits // 8
+
+
+def _check_codes(q, bits, name="q"):
+    check_uint_array(q, name)
+    if q.ndim < 1:
+        raise ValueError(f"{name} must have at least one dimension")
+    if bits < 8 and bool((q > (1 << bits) - 1).any()):
+        raise ValueError(f"{name} has codes >= 2^bits = {1 << bits} (bits={bits})")
+
+
+# --- reference: whole chunks with integer shifts (NumPy or torch) ------------------------------------
+
+
+def _pack_ref(q, bits):
+    c = chunk_codes(bits)
+    nb = c * bits // 8  # bytes per chunk
+    n = q.shape[-1]
+    pad = -n % c
+    if is_torch(q):
+        import torch
+
+        v = torch.nn.functional.pad(q.to(torch.int64), (0, pad))
+        shifts = torch.arange(c, device=q.device, dtype=torch.int64) * bits
+        byte_shifts = torch.arange(nb, device=q.device, dtype=torch.int64) * 8
+    else:
+        v = np.pad(q.astype(np.int64), [(0, 0)] * (q.ndim - 1) + [(0, pad)])
+        shifts = np.arange(c, dtype=np.int64) * bits
+        byte_shifts = np.arange(nb, dtype=np.int64) * 8
+    v = v.reshape(*q.shape[:-1], -1, c)                   # [..., n] -> [..., n/c, c]
+    word = (v << shifts).sum(-1)                          # [..., n/c] one integer of c*bits bits per chunk
+    out = (word[..., None] >> byte_shifts) & 0xFF         # [..., n/c, nb]
+    out = out.reshape(*q.shape[:-1], -1)                  # [..., n/c * nb]
+    return out.to(torch.uint8) if is_torch(q) else out.astype(np.uint8)
+
+
+def _unpack_ref(packed, bits, n):
+    c = chunk_codes(bits)
+    nb = c * bits // 8
+    if is_torch(packed):
+        import torch
+
+        v = packed.to(torch.int64)
+        byte_shifts = torch.arange(nb, device=packed.device, dtype=torch.int64) * 8
+        shifts = torch.arange(c, device=packed.device, dtype=torch.int64) * bits
+    else:
+        v = packed.astype(np.int64)
+        byte_shifts = np.arange(nb, dtype=np.int64) * 8
+        shifts = np.arange(c, dtype=np.int64) * bits
+    v = v.reshape(*packed.shape[:-1], -1, nb)             # [..., nbytes] -> [..., chunks, nb]
+    word = (v << byte_shifts).sum(-1)                     # [..., chunks]
+    q = (word[..., None] >> shifts) & ((1 << bits) - 1)   # [..., chunks, c]
+    q = q.reshape(*packed.shape[:-1], -1)[..., :n]        # [..., n]
+    return q.to(torch.uint8) if is_torch(packed) else q.astype(np.uint8)
+
+
+# --- fast path (numba): a 64-bit accumulator walking the bit stream, rows in parallel ----------------
+
+
+@njit(parallel=True)
+def _pack_kernel(q, bits, out):
+    # q [rows, n] uint8 -> out [rows, nbytes] uint8 (zero-initialised)
+    rows, n = q.shape
+    for r in prange(rows):
+        acc = np.uint64(0)
+        filled = 0
+        j = 0
+        for i in range(n):
+            acc |= np.uint64(q[r, i]) << np.uint64(filled)
+            filled += bits
+            while filled >= 8:
+                out[r, j] = np.uint8(acc & np.uint64(0xFF))
+                acc >>= np.uint64(8)
+                filled -= 8
+                j += 1
+        if filled > 0:
+            out[r, j] = np.uint8(acc & np.uint64(0xFF))
+
+
+@njit(parallel=True)
+def _unpack_kernel(packed, bits, n, out):
+    # packed [rows, nbytes] uint8 -> out [rows, n] uint8
+    rows = packed.shape[0]
+    mask = np.uint64((1 << bits) - 1)
+    for r in prange(rows):
+        acc = np.uint64(0)
+        filled = 0
+        j = 0
+        for i in range(n):
+            while filled < bits:
+                acc |= np.uint64(packed[r, j]) << np.uint64(filled)
+                filled += 8
+                j += 1
+            out[r, i] = np.uint8(acc & mask)
+            acc >>= np.uint64(bits)
+            filled -= bits
+
+
+# --- public API ---------------------------------------------------------------------------------------
+
+
+def pack(q, bits: int):
+    """Pack codes ``q [..., n]`` (unsigned, each < 2^bits) into bytes ``[..., nbytes_per_row(n, bits)]``.
+
+    Works on NumPy arrays (Numba kernel) and torch tensors (the reference), same bytes.
+    """
+    bits = check_bits(bits)
+    _check_codes(q, bits)
+    if is_torch(q):
+        return _pack_ref(q, bits)
+    n = q.shape[-1]
+    q2 = np.ascontiguousarray(q.reshape(-1, n), dtype=np.uint8)      # [..., n] -> [rows, n]
+    out = np.zeros((q2.shape[0], nbytes_per_row(n, bits)), np.uint8)
+    _pack_kernel(q2, bits, out)
+    return out.reshape(*q.shape[:-1], -1)
+
+
+def unpack(packed, bits: int, n: int):
+    """Inverse of ``pack``: bytes ``[..., nbytes]`` -> codes ``[..., n]`` uint8."""
+    bits = check_bits(bits)
+    check_uint_array(packed, "packed")
+    if is_torch(packed):
+        import torch
+
+        if packed.dtype != torch.uint8:
+            raise TypeError(f"packed must be uint8, got {packed.dtype}")
+    elif packed.dtype != np.uint8:
+        raise TypeError(f"packed must be uint8, got {packed.dtype}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    need = nbytes_per_row(int(n), bits)
+    if packed.shape[-1] != need:
+        raise ValueError(f"packed rows have {packed.shape[-1]} bytes, but n={n} codes of {bits} bits "
+                         f"take {need} (truncated or wrong n/bits)")
+    if is_torch(packed):
+        return _unpack_ref(packed, bits, int(n))
+    p2 = np.ascontiguousarray(packed.reshape(-1, need))
+    out = np.empty((p2.shape[0], int(n)), np.uint8)
+    _unpack_kernel(p2, bits, int(n), out)
+    return out.reshape(*packed.shape[:-1], int(n))

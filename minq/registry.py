@@ -1,0 +1,83 @@
+"""The method registry: a scheme name maps to a weight quantizer (DESIGN.md §2).
+
+    scheme = minq.registry.get("rtn-w4g64")
+    Wq = scheme.quantize_weight(W)          # W float32 [out, in] -> a quantized weight
+    Wq.dequantize(), Wq.bits_per_weight     # the quantized-weight protocol
+
+Names are parsed, not listed one by one: ``rtn-w{bits}`` is round-to-nearest per output channel,
+``rtn-w{bits}g{group}`` per group of ``group`` inputs; asymmetric (integer zero point) by default,
+``-sym`` for symmetric. ``SCHEMES`` holds the names the report runs by default. Later chapters
+register their own families with ``register_family``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minq.groups import quantize_groups
+
+__all__ = ["Scheme", "get", "register_family", "SCHEMES", "known"]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A named quantization scheme. ``quantize_weight(W, calibration=None)`` returns an object of
+    the quantized-weight protocol (``dequantize()``, ``shape``, ``nbytes``, ``bits_per_weight``)."""
+
+    name: str
+    description: str
+    quantize_weight: Callable
+
+
+# family pattern -> builder(match) -> Scheme
+_FAMILIES: list[tuple[re.Pattern, Callable, str]] = []
+
+
+def register_family(pattern: str, builder: Callable, example: str) -> None:
+    """Register a family of scheme names: ``builder(match)`` returns the ``Scheme`` for a name that
+    fully matches ``pattern``; ``example`` is shown in error messages."""
+    _FAMILIES.append((re.compile(pattern), builder, example))
+
+
+def get(name: str) -> Scheme:
+    """The scheme called ``name``; ValueError listing the known names and patterns otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"scheme must be a str, got {type(name).__name__}")
+    for pat, builder, _ in _FAMILIES:
+        m = pat.fullmatch(name)
+        if m:
+            return builder(m)
+    raise ValueError(f"unknown scheme {name!r}; known: {', '.join(known())} "
+                     f"(patterns: {', '.join(ex for _, _, ex in _FAMILIES)})")
+
+
+def known() -> list[str]:
+    return list(SCHEMES)
+
+
+def _rtn(m: re.Match) -> Scheme:
+    bits = int(m["bits"])
+    group = int(m["group"]) if m["group"] else -1
+    sym = m["sym"] is not None
+    if not 1 <= bits <= 8 or (sym and bits < 2):
+        raise ValueError(f"scheme {m.string!r}: bits must be in 1..8 (2..8 symmetric)")
+    if m["group"] and group <= 0:
+        raise ValueError(f"scheme {m.string!r}: group size must be > 0")
+    gran = "per output channel" if group == -1 else f"groups of {group}"
+    desc = f"round-to-nearest {bits}-bit, {gran}, {'symmetric' if sym else 'asymmetric'} min-max"
+
+    def quantize_weight(W, calibration=None):
+        return quantize_groups(W, bits=bits, group_size=group, symmetric=sym)
+
+    return Scheme(m.string, desc, quantize_weight)
+
+
+register_family(r"rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?", _rtn, "rtn-w{bits}[g{group}][-sym]")
+
+# The schemes the report runs by default, widest to narrowest.
+SCHEMES = [
+    "rtn-w8", "rtn-w8-sym", "rtn-w4", "rtn-w4-sym", "rtn-w4g64", "rtn-w4g32", "rtn-w4g64-sym",
+    "rtn-w3g64", "rtn-w3g64-sym", "rtn-w2g64",
+]

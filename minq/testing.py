@@ -1,0 +1,200 @@
+"""Checking helpers shared by minq's tests and by the notebook exercises.
+
+- ``assert_equal`` / ``assert_close`` / ``assert_bound``: assertions whose failure message prints the
+  shapes, the number of mismatches, the max difference and the first mismatching positions
+  (llm.c's ``check_tensor`` style), so a failing test says *where* and *by how much*.
+- Hypothesis strategies (``floats32``, ``float_arrays``, ``weight_matrices``, ``bits``) used by
+  ``tests/`` and by ``check`` alike: there is one test suite, not two.
+- ``check(fn, reference, ...)``: the exercise checker. It runs your function and the reference on
+  many generated inputs and prints one line ``exact | allclose | maxdiff | shape ok``; on failure it
+  raises with the (shrunk) counterexample, target vs yours.
+
+Hypothesis is imported lazily: ``import minq.testing`` works without it, the strategies need it
+(it comes with ``minq[notebooks]`` and the dev install).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minq._backend import is_torch
+
+__all__ = [
+    "assert_equal", "assert_close", "assert_bound", "check",
+    "floats32", "float_arrays", "weight_matrices", "bits",
+]
+
+
+def _to_numpy(a):
+    if is_torch(a):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _report(actual, expected, bad, name, extra=""):
+    idx = np.argwhere(bad)
+    lines = [f"{name or 'arrays'}: {int(bad.sum())} of {bad.size} elements differ{extra}"]
+    for i in idx[:5]:
+        i = tuple(int(v) for v in i)
+        lines.append(f"  at {i}: actual {actual[i]!r}, expected {expected[i]!r}")
+    if len(idx) > 5:
+        lines.append(f"  ... and {len(idx) - 5} more")
+    return "\n".join(lines)
+
+
+def _same_shape(actual, expected, name):
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name or 'arrays'}: shape {actual.shape} != expected {expected.shape}")
+
+
+def assert_equal(actual, expected, *, name: str = "") -> None:
+    """Exact equality. Floats are compared by value with NaN == NaN and +0 != -0 (bit-faithful
+    for every non-NaN value); integers by value."""
+    a, e = _to_numpy(actual), _to_numpy(expected)
+    _same_shape(a, e, name)
+    if a.dtype.kind == "f" or e.dtype.kind == "f":
+        af, ef = a.astype(np.float64), e.astype(np.float64)
+        both_nan = np.isnan(af) & np.isnan(ef)
+        bad = ~both_nan & ((af != ef) | (np.signbit(af) != np.signbit(ef)))
+    else:
+        bad = a != e
+    if bad.any():
+        diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
+        maxdiff = np.nanmax(np.where(bad, diff, 0.0))
+        raise AssertionError(_report(a, e, bad, name, f", maxdiff = {maxdiff:.6g}"))
+
+
+def assert_close(actual, expected, *, atol: float = 0.0, rtol: float = 0.0, name: str = "") -> None:
+    """``|actual - expected| <= atol + rtol * |expected|`` everywhere (NaN only matches NaN)."""
+    a, e = _to_numpy(actual).astype(np.float64), _to_numpy(expected).astype(np.float64)
+    _same_shape(a, e, name)
+    diff = np.abs(a - e)
+    both_nan = np.isnan(a) & np.isnan(e)
+    bad = ~both_nan & ~(diff <= atol + rtol * np.abs(e))
+    if bad.any():
+        maxdiff = np.nanmax(np.where(both_nan, 0.0, diff))
+        raise AssertionError(_report(a, e, bad, name, f", maxdiff = {maxdiff:.6g} (atol={atol}, rtol={rtol})"))
+
+
+def assert_bound(err, bound, *, name: str = "error") -> None:
+    """``err <= bound`` elementwise (``bound`` broadcasts); the message shows the worst violations."""
+    err, bound = _to_numpy(err).astype(np.float64), _to_numpy(bound).astype(np.float64)
+    bound = np.broadcast_to(bound, err.shape)
+    bad = ~(err <= bound)
+    if bad.any():
+        worst = np.nanmax(np.where(bad, err - bound, -np.inf))
+        raise AssertionError(_report(err, bound, bad, name, f", worst excess = {worst:.6g}"))
+
+
+# --- hypothesis strategies -----------------------------------------------------------------------------
+
+
+def _st():
+    try:
+        from hypothesis import strategies as st
+    except ImportError as e:  # pragma: no cover
+        raise ImportError('the strategies need hypothesis: pip install "minq[notebooks]"') from e
+    return st
+
+
+def floats32(max_abs: float = 1e4):
+    """Finite float32 scalars in [-max_abs, max_abs], subnormals included."""
+    return _st().floats(-max_abs, max_abs, width=32, allow_nan=False, allow_infinity=False)
+
+
+def float_arrays(shape=None, *, max_abs: float = 1e4, max_side: int = 16, dims=(1, 2)):
+    """float32 arrays of the given shape (or a random one with ``dims`` dimensions and sides up to
+    ``max_side``), finite, with an occasional large outlier to stress min-max scales."""
+    st = _st()
+    from hypothesis.extra import numpy as hnp
+
+    shapes = st.just(tuple(shape)) if shape is not None else hnp.array_shapes(
+        min_dims=dims[0], max_dims=dims[-1], min_side=1, max_side=max_side)
+    return hnp.arrays(np.float32, shapes, elements=floats32(max_abs))
+
+
+def weight_matrices(*, max_rows: int = 8, max_groups: int = 4, group_sizes=(1, 2, 4, 8, 16, 32)):
+    """``(W, g)`` pairs: W float32 ``[out, in]`` with ``in`` a multiple of the group size ``g``,
+    drawn like real weights (Gaussian rows with random per-row scale and a few outliers)."""
+    st = _st()
+
+    @st.composite
+    def draw(data):
+        g = data.draw(st.sampled_from(group_sizes))
+        out = data.draw(st.integers(1, max_rows))
+        n_groups = data.draw(st.integers(1, max_groups))
+        seed = data.draw(st.integers(0, 2**32 - 1))
+        rng = np.random.default_rng(seed)
+        W = rng.standard_normal((out, g * n_groups)).astype(np.float32)
+        W *= np.exp(rng.uniform(-3, 3, size=(out, 1))).astype(np.float32)
+        n_out = data.draw(st.integers(0, 3))
+        if n_out:
+            r, c = rng.integers(0, out, n_out), rng.integers(0, g * n_groups, n_out)
+            W[r, c] *= np.float32(rng.uniform(5, 50))
+        return W, g
+
+    return draw()
+
+
+def bits(lo: int = 1, hi: int = 8):
+    """Bit widths in [lo, hi]."""
+    return _st().integers(lo, hi)
+
+
+# --- the exercise checker ------------------------------------------------------------------------------
+
+
+def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0, n: int = 50,
+          verbose: bool = True) -> bool:
+    """Check ``fn`` against ``reference`` on ``n`` inputs drawn from ``strategy``.
+
+    strategy: a hypothesis strategy producing one argument, or a tuple of arguments (default:
+        ``float_arrays()``). Both functions are called as ``f(*args)``.
+    atol, rtol: 0 means exact (``assert_equal``); otherwise ``assert_close``.
+
+    Prints ``exact | allclose | maxdiff | shape ok`` and returns True, or raises AssertionError
+    with the smallest failing input hypothesis found, target vs yours.
+    """
+    from hypothesis import HealthCheck, given, settings
+
+    strategy = float_arrays() if strategy is None else strategy
+    stats = {"exact": True, "close": True, "maxdiff": 0.0, "shape": True, "count": 0}
+
+    def as_args(v):
+        return v if isinstance(v, tuple) else (v,)
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(strategy)
+    def run(v):
+        args = as_args(v)
+        want, got = _to_numpy(reference(*args)), _to_numpy(fn(*args))
+        stats["count"] += 1
+        if got.shape != want.shape:
+            stats["shape"] = False
+            raise AssertionError(f"shape {got.shape} != target {want.shape}\ninput: {args!r}")
+        d = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        d = d[~(np.isnan(d) & np.isnan(want.astype(np.float64)))] if want.dtype.kind == "f" else d
+        stats["maxdiff"] = max(stats["maxdiff"], float(np.nanmax(d)) if d.size else 0.0)
+        try:
+            assert_equal(got, want, name="yours vs target")
+        except AssertionError:
+            stats["exact"] = False
+            if atol == 0 and rtol == 0:
+                stats["close"] = False
+                raise AssertionError(f"input: {args!r}\ntarget: {want!r}\nyours:  {got!r}") from None
+        try:
+            assert_close(got, want, atol=atol, rtol=rtol, name="yours vs target")
+        except AssertionError as e:
+            stats["close"] = False
+            raise AssertionError(f"{e}\ninput: {args!r}\ntarget: {want!r}\nyours:  {got!r}") from None
+
+    try:
+        run()
+    finally:
+        if verbose:
+            print(f"exact: {stats['exact']} | allclose: {stats['close']} | maxdiff: {stats['maxdiff']:.3g}"
+                  f" | shape ok: {stats['shape']} | examples: {stats['count']}")
+    if verbose:
+        print("Correct!")
+    return True

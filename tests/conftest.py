@@ -1,0 +1,40 @@
+"""Shared test setup: hypothesis profiles and the torch device fixture.
+
+Profiles (select with HYPOTHESIS_PROFILE or ``pytest --hypothesis-profile``):
+- ``dev``: 25 examples, quick local runs;
+- ``ci``: 100 examples, derandomized (reproducible), the default when CI=true.
+Both use ``deadline=None``: Numba compiles inside the first ``@given`` example.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def _devices():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return []
+    devs = ["cpu"]
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        devs.append("cuda")
+    return devs
+
+
+@pytest.fixture(params=_devices())
+def device(request):
+    """Every torch device present: cpu always (torch is a dev dependency), cuda where it exists."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
