@@ -253,22 +253,45 @@ def _quantize_kernel(W, s, z, bits, g, float_zero_point, q):
                 q[r, i] = np.uint8(min(max(v, np.float32(0.0)), qmax))
 
 
+@njit
+def _dequantize_row_aligned(prow, s, z, g, wrow, c, bits):
+    # bits in (1, 2, 4, 8), g % c == 0: a group starts on a byte boundary
+    mask = np.uint8((1 << bits) - 1)
+    for j in range(wrow.shape[0] // g):
+        sj, zj = s[j], z[j]
+        base = j * g
+        for t in range(g // c):
+            b = prow[base // c + t]
+            for k in range(c):
+                wrow[base + t * c + k] = sj * (np.float32((b >> np.uint8(k * bits)) & mask) - zj)
+
+
+@njit
+def _dequantize_row_stream(prow, s, z, g, wrow, bits):
+    mask = np.uint64((1 << bits) - 1)
+    acc = np.uint64(0)
+    filled = 0
+    k = 0
+    for i in range(wrow.shape[0]):
+        while filled < bits:
+            acc |= np.uint64(prow[k]) << np.uint64(filled)
+            filled += 8
+            k += 1
+        j = i // g
+        wrow[i] = s[j] * (np.float32(acc & mask) - z[j])
+        acc >>= np.uint64(bits)
+        filled -= bits
+
+
 @njit(parallel=True)
 def _dequantize_kernel(packed, s, z, bits, g, W_hat):
     # packed [out, in*bits/8] uint8, s/z [out, in/g] float32 -> W_hat [out, in] float32
-    out, n_in = W_hat.shape
-    mask = np.uint64((1 << bits) - 1)
-    for r in prange(out):
-        acc = np.uint64(0)
-        filled = 0
-        k = 0
-        for i in range(n_in):
-            while filled < bits:
-                acc |= np.uint64(packed[r, k]) << np.uint64(filled)
-                filled += 8
-                k += 1
-            j = i // g
-            W_hat[r, i] = s[r, j] * (np.float32(acc & mask) - z[r, j])
-            acc >>= np.uint64(bits)
-            filled -= bits
-
+    for r in prange(W_hat.shape[0]):
+        if bits == 4 and g % 2 == 0:
+            _dequantize_row_aligned(packed[r], s[r], z[r], g, W_hat[r], 2, 4)
+        elif bits == 8:
+            _dequantize_row_aligned(packed[r], s[r], z[r], g, W_hat[r], 1, 8)
+        elif bits == 2 and g % 4 == 0:
+            _dequantize_row_aligned(packed[r], s[r], z[r], g, W_hat[r], 4, 2)
+        else:
+            _dequantize_row_stream(packed[r], s[r], z[r], g, W_hat[r], bits)

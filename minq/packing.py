@@ -96,46 +96,101 @@ def _unpack_ref(packed, bits, n):
     return q.to(torch.uint8) if is_torch(packed) else q.astype(np.uint8)
 
 
-# --- fast path (numba): a 64-bit accumulator walking the bit stream, rows in parallel ----------------
+# --- fast path (numba) --------------------------------------------------------------------------------
+# Byte-aligned widths (1, 2, 4, 8 bits: c = 8 / bits codes per byte) get a per-byte loop whose
+# constants LLVM sees, so it vectorises; 3, 5, 6 and 7 bits walk the bit stream with a 64-bit
+# accumulator. Rows run in parallel.
+
+
+@njit
+def _pack_row_aligned(qrow, prow, c, bits):
+    n = qrow.shape[0]
+    full = n // c
+    for j in range(full):
+        b = np.uint8(0)
+        for k in range(c):
+            b |= qrow[j * c + k] << np.uint8(k * bits)
+        prow[j] = b
+    for i in range(full * c, n):  # a last, partial byte (zero padded)
+        prow[full] |= qrow[i] << np.uint8((i - full * c) * bits)
+
+
+@njit
+def _unpack_row_aligned(prow, qrow, c, bits):
+    mask = np.uint8((1 << bits) - 1)
+    n = qrow.shape[0]
+    full = n // c
+    for j in range(full):
+        b = prow[j]
+        for k in range(c):
+            qrow[j * c + k] = (b >> np.uint8(k * bits)) & mask
+    for i in range(full * c, n):
+        qrow[i] = (prow[full] >> np.uint8((i - full * c) * bits)) & mask
+
+
+@njit
+def _pack_row_stream(qrow, prow, bits):
+    acc = np.uint64(0)
+    filled = 0
+    j = 0
+    for i in range(qrow.shape[0]):
+        acc |= np.uint64(qrow[i]) << np.uint64(filled)
+        filled += bits
+        while filled >= 8:
+            prow[j] = np.uint8(acc & np.uint64(0xFF))
+            acc >>= np.uint64(8)
+            filled -= 8
+            j += 1
+    if filled > 0:
+        prow[j] = np.uint8(acc & np.uint64(0xFF))
+
+
+@njit
+def _unpack_row_stream(prow, qrow, bits):
+    mask = np.uint64((1 << bits) - 1)
+    acc = np.uint64(0)
+    filled = 0
+    j = 0
+    for i in range(qrow.shape[0]):
+        while filled < bits:
+            acc |= np.uint64(prow[j]) << np.uint64(filled)
+            filled += 8
+            j += 1
+        qrow[i] = np.uint8(acc & mask)
+        acc >>= np.uint64(bits)
+        filled -= bits
 
 
 @njit(parallel=True)
 def _pack_kernel(q, bits, out):
     # q [rows, n] uint8 -> out [rows, nbytes] uint8 (zero-initialised)
-    rows, n = q.shape
-    for r in prange(rows):
-        acc = np.uint64(0)
-        filled = 0
-        j = 0
-        for i in range(n):
-            acc |= np.uint64(q[r, i]) << np.uint64(filled)
-            filled += bits
-            while filled >= 8:
-                out[r, j] = np.uint8(acc & np.uint64(0xFF))
-                acc >>= np.uint64(8)
-                filled -= 8
-                j += 1
-        if filled > 0:
-            out[r, j] = np.uint8(acc & np.uint64(0xFF))
+    for r in prange(q.shape[0]):
+        if bits == 8:
+            out[r, :] = q[r, :]
+        elif bits == 4:
+            _pack_row_aligned(q[r], out[r], 2, 4)
+        elif bits == 2:
+            _pack_row_aligned(q[r], out[r], 4, 2)
+        elif bits == 1:
+            _pack_row_aligned(q[r], out[r], 8, 1)
+        else:
+            _pack_row_stream(q[r], out[r], bits)
 
 
 @njit(parallel=True)
 def _unpack_kernel(packed, bits, n, out):
     # packed [rows, nbytes] uint8 -> out [rows, n] uint8
-    rows = packed.shape[0]
-    mask = np.uint64((1 << bits) - 1)
-    for r in prange(rows):
-        acc = np.uint64(0)
-        filled = 0
-        j = 0
-        for i in range(n):
-            while filled < bits:
-                acc |= np.uint64(packed[r, j]) << np.uint64(filled)
-                filled += 8
-                j += 1
-            out[r, i] = np.uint8(acc & mask)
-            acc >>= np.uint64(bits)
-            filled -= bits
+    for r in prange(packed.shape[0]):
+        if bits == 8:
+            out[r, :] = packed[r, :n]
+        elif bits == 4:
+            _unpack_row_aligned(packed[r], out[r], 2, 4)
+        elif bits == 2:
+            _unpack_row_aligned(packed[r], out[r], 4, 2)
+        elif bits == 1:
+            _unpack_row_aligned(packed[r], out[r], 8, 1)
+        else:
+            _unpack_row_stream(packed[r], out[r], bits)
 
 
 # --- public API ---------------------------------------------------------------------------------------
