@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from minq import affine, packing
+from minq import affine, formats, packing
+from minq.formats import FORMATS
 from minq.groups import group, quantize_groups
 
 
@@ -87,24 +88,16 @@ def main(argv=None):
             best_time(lambda pk=pk, b=b: packing.unpack(pk, b, W.shape[1]), args.repeat),
             best_time(lambda pk=pk, b=b: packing._unpack_ref(pk, b, W.shape[1]), args.repeat), memcpy)
 
-    try:
-        from minq.formats import FORMATS
-    except ImportError:
-        return
     # --- FP8 E4M3 encode / decode ----------------------------------------------------------------
-    from minq import formats
-
     f8 = FORMATS["float8_e4m3fn"]
     x = W * np.float32(50)
     codes = f8.encode(x)
+    assert np.array_equal(formats.encode_reference(x, f8), codes)
     moved = x.nbytes + codes.nbytes
-    enc_ref = getattr(formats, "encode_reference", None)
-    dec_ref = getattr(formats, "decode_reference", None)
     row("fp8 e4m3fn encode", moved, best_time(lambda: f8.encode(x), args.repeat),
-        best_time(lambda: enc_ref(f8, x), args.repeat) if enc_ref else None, memcpy)
+        best_time(lambda: formats.encode_reference(x, f8), args.repeat), memcpy)
     row("fp8 e4m3fn decode", moved, best_time(lambda: f8.decode(codes), args.repeat),
-        best_time(lambda: dec_ref(f8, codes), args.repeat) if dec_ref else None, memcpy)
-
+        best_time(lambda: formats.decode_reference(codes, f8), args.repeat), memcpy)
 
 if __name__ == "__main__":
     main()

@@ -62,6 +62,13 @@ class QParams:
     symmetric: bool = False
     zero_point: str = "int"
 
+    def __post_init__(self):
+        # plain numbers (QParams(s=0.1, z=8, bits=4)) become 0-d float32 arrays
+        for name in ("s", "z"):
+            v = getattr(self, name)
+            if isinstance(v, (int, float, np.generic)) and not isinstance(v, bool):
+                object.__setattr__(self, name, np.asarray(v, dtype=np.float32))
+
     @property
     def qmin(self) -> int:
         return 0

@@ -1,0 +1,462 @@
+"""Chapter 01 — float formats: the bit fields of FP32 ... FP4 and E8M0, encode and decode.
+
+A float format with ``e`` exponent bits, ``m`` mantissa bits and bias ``b`` reads a code as
+
+    [ sign | E (e bits) | M (m bits) ]
+    normal    (E >= 1):  x = (-1)^sign * 2^(E - b)  * (1 + M / 2^m)
+    subnormal (E == 0):  x = (-1)^sign * 2^(1 - b)  * (M / 2^m)        (gradual underflow to 0)
+
+and the formats differ in how they spend the top codes (``FloatFormat.convention``):
+
+    "ieee"  E all ones: M == 0 is ±Inf, M != 0 is NaN             float32, float16, bfloat16, e5m2
+    "fn"    no Inf; only S.1111.111 is NaN, so E all ones is finite float8_e4m3fn (max 448)
+    "fnuz"  no Inf, no -0; the code 0x80 ("-0") is the one NaN    float8_e4m3fnuz, float8_e5m2fnuz
+    "none"  no Inf, no NaN: every code is a number                FP6 E2M3/E3M2, FP4 E2M1
+    "fnu"   unsigned, no zero, 8 exponent bits: x = 2^(c - 127),  float8_e8m0fnu (the MX block scale)
+            code 0xFF is NaN
+
+Encoding float32 -> code rounds to nearest, ties to even, with subnormals, decided on the exact
+integer significand of the input (never by casting through ml_dtypes, torch or numpy float16).
+Overflow is decided *after* rounding (e4m3fn: 464 = 448 + half an ulp is a tie -> 448; 465 -> overflow).
+By default overflow behaves like ml_dtypes' cast: ieee -> ±Inf, fn -> NaN, fnuz -> NaN (0x80),
+none -> ±max (FP6/FP4 always saturate). ``saturate=True`` sends finite overflow *and* ±Inf to ±max
+(OCP OFP8 "SAT" mode); NaN stays NaN where the format has one. A NaN input to FP6/FP4 (no NaN
+code) raises ValueError: ml_dtypes turns it into the -0 code, which silently hides a bug. NaN
+payloads are not kept: encode writes the format's canonical NaN (ieee: sign, E all ones, top
+mantissa bit — so float32 encode is the identity except on NaN payloads), decode returns a quiet
+float32 NaN.
+
+E8M0 has no standard rounding from an arbitrary float. ml_dtypes and torch round in the linear
+domain with ties *up* (1.5 -> 2, 3 -> 4, 0.75 -> 1); gfloat rounds ties to the even code (3 -> 2).
+minq follows ml_dtypes, including its treatment of float32-subnormal inputs (anything above 2^-127
+becomes 2^-126, 2^-127 and below become 2^-127: there is no zero). 0, negatives and NaN give NaN.
+MX block scales (chapter 10) are therefore not computed by encoding a float into E8M0: OCP MX v1.0
+§6.3 takes ``floor(log2(amax)) - emax_elem`` straight from the exponent bits.
+
+Guarantees (tests/test_formats.py): ``decode`` equals ml_dtypes / numpy for every code of every
+format (a 1M sample for float32); ``encode`` equals the ml_dtypes / numpy cast on a boundary-dense set
+of 0.66M-1M inputs per format with 0 mismatches (NaN codes compared by NaN-ness); the Numba kernels equal
+the readable reference bit for bit; the torch path equals the NumPy path.
+
+Papers / specs: IEEE 754-2019; Micikevicius et al., "FP8 Formats for Deep Learning" (arXiv:2209.05433);
+OCP 8-bit Floating Point Specification (OFP8) v1.0; OCP Microscaling Formats (MX) v1.0.
+Notebook: ``notebooks/01_float_formats.ipynb``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minq._backend import is_torch
+from minq._checks import check_float_array, check_uint_array
+from minq._jit import njit
+
+__all__ = ["FloatFormat", "FORMATS", "CONVENTIONS", "encode_reference", "decode_reference"]
+
+CONVENTIONS = ("ieee", "fn", "fnuz", "none", "fnu")
+_IEEE, _FN, _FNUZ, _NONE, _FNU = range(5)  # the conventions as ints, for the Numba kernels
+
+# Bit layouts (most significant bit first). FP6 and FP4 codes sit in the low bits of a uint8, the
+# unused high bits are 0 (ml_dtypes' storage too):
+#
+#   float32     [s|eeeeeeee|mmmmmmmmmmmmmmmmmmmmmmm]  1/8/23  bias 127   uint32
+#   float16     [s|eeeee|mmmmmmmmmm]                  1/5/10  bias 15    uint16
+#   bfloat16    [s|eeeeeeee|mmmmmmm]                  1/8/7   bias 127   uint16  (float32's top half)
+#   FP8 e4m3    [s|eeee|mmm]                          1/4/3   bias 7 (fn) / 8 (fnuz)
+#   FP8 e5m2    [s|eeeee|mm]                          1/5/2   bias 15 (ieee) / 16 (fnuz)
+#   FP6 e2m3    [0 0|s|ee|mmm]                        1/2/3   bias 1
+#   FP6 e3m2    [0 0|s|eee|mm]                        1/3/2   bias 3
+#   FP4 e2m1    [0 0 0 0|s|ee|m]                      1/2/1   bias 1
+#   E8M0        [eeeeeeee]                            0/8/0   bias 127   (no sign, no mantissa)
+
+_F32_INF, _F32_QNAN = 0x7F800000, 0x7FC00000
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """One binary float format: bit fields, bias and its Inf/NaN ``convention`` (see module docstring)."""
+
+    name: str
+    sign_bits: int
+    exp_bits: int
+    man_bits: int
+    bias: int
+    convention: str
+
+    def __post_init__(self):
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
+
+    # --- derived constants ---------------------------------------------------------------------------
+    @property
+    def total_bits(self) -> int:
+        return self.sign_bits + self.exp_bits + self.man_bits
+
+    @property
+    def max_code(self) -> int:
+        """Largest valid code (all bits of the format set)."""
+        return (1 << self.total_bits) - 1
+
+    @property
+    def code_dtype(self):
+        """NumPy dtype of the codes: uint8 up to 8 bits, else uint16 / uint32."""
+        n = self.total_bits
+        return np.dtype(np.uint8 if n <= 8 else np.uint16 if n <= 16 else np.uint32)
+
+    @property
+    def max_mag(self) -> int:
+        """Magnitude code (sign bit clear) of the largest finite value."""
+        e, m = self.exp_bits, self.man_bits
+        return {"ieee": (((1 << e) - 1) << m) - 1,   # the code below +Inf
+                "fn": (1 << (e + m)) - 2,            # the code below NaN (S.1111.111)
+                "fnuz": (1 << (e + m)) - 1, "none": (1 << (e + m)) - 1,
+                "fnu": 254}[self.convention]
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal value (E8M0: of its smallest value, code 0)."""
+        return -self.bias if self.convention == "fnu" else 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """Exponent of the largest finite value."""
+        return (self.max_mag >> self.man_bits) - self.bias
+
+    @property
+    def max(self) -> float:
+        """Largest finite value (448 for e4m3fn, 6 for e2m1, 65504 for float16)."""
+        frac = self.max_mag & ((1 << self.man_bits) - 1)
+        return 2.0**self.emax * (1 + frac / 2**self.man_bits)
+
+    @property
+    def smallest_normal(self) -> float:
+        return 2.0**self.emin
+
+    @property
+    def smallest_subnormal(self) -> float:
+        """Smallest positive value (E8M0 has no subnormals: its smallest value, 2^-127)."""
+        return 2.0 ** (self.emin - self.man_bits)
+
+    # --- encode / decode -----------------------------------------------------------------------------
+    def encode(self, x, saturate: bool = False):
+        """float32 values -> codes of this format, same shape as ``x``.
+
+        x: NumPy array or torch tensor (any device) of float32; float16/float64/bfloat16 are first
+           converted to float32 (float64 -> float32 -> format is a double rounding, as in ml_dtypes).
+           NaN and ±Inf follow the format's rules (a NaN into FP6/FP4 raises ValueError).
+        saturate: False = ml_dtypes' cast (see module docstring); True = finite overflow and ±Inf
+           become ±max (E8M0: +max; negatives stay NaN).
+        Returns NumPy ``code_dtype`` codes, or a torch tensor: uint8 for <= 8 bits, int32 for the
+        16-bit formats and int64 for float32 (torch lacks most ops on uint16/uint32), holding the
+        same code values.
+        """
+        check_float_array(x, "x", finite=False)
+        if not isinstance(saturate, (bool, np.bool_)):
+            raise TypeError(f"saturate must be a bool, got {type(saturate).__name__}")
+        if self.convention == "none" and bool(_ops(x).isnan(x).any()):
+            raise ValueError(f"x contains NaN, which {self.name} cannot represent (it has no NaN code)")
+        if is_torch(x):
+            import torch
+
+            bits = self.total_bits
+            dtype = torch.uint8 if bits <= 8 else torch.int32 if bits <= 16 else torch.int64
+            return encode_reference(x, self, saturate=bool(saturate)).to(dtype)
+        x = np.asarray(x, dtype=np.float32)
+        q = np.empty(x.size, np.uint32)
+        _encode_kernel(x.reshape(-1).view(np.uint32), q, self.exp_bits, self.man_bits, self.bias,
+                       CONVENTIONS.index(self.convention), self.max_mag, bool(saturate))
+        return q.reshape(x.shape).astype(self.code_dtype)
+
+    def decode(self, codes):
+        """Codes -> float32 values, same shape. NaN codes give a quiet NaN (payload not kept).
+
+        codes: NumPy unsigned array or torch integer tensor with values in ``0 .. max_code``.
+        """
+        check_uint_array(codes, "codes")
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi > self.max_code:
+            raise ValueError(f"codes must be in 0..{self.max_code} for {self.name} "
+                             f"({self.total_bits} bits), got values in {lo}..{hi}")
+        if is_torch(codes):
+            return decode_reference(codes, self)
+        bits = np.empty(codes.size, np.uint32)
+        _decode_kernel(codes.reshape(-1).astype(np.uint32), bits, self.exp_bits, self.man_bits, self.bias,
+                       CONVENTIONS.index(self.convention))
+        return bits.view(np.float32).reshape(codes.shape)
+
+    def values(self):
+        """All distinct finite values, ascending, float32 (-0 merged into +0). Formats up to 16 bits."""
+        if self.total_bits > 16:
+            raise ValueError(f"{self.name} has 2^{self.total_bits} codes; "
+                             "values() lists formats of up to 16 bits")
+        v = self.decode(np.arange(self.max_code + 1, dtype=self.code_dtype))
+        return np.unique(v[np.isfinite(v)] + np.float32(0))  # -0 + 0 = +0
+
+
+# --- the readable reference (NumPy or torch arrays, vectorised) ------------------------------------------
+
+
+def encode_reference(x, fmt: FloatFormat, *, saturate: bool = False):
+    """Reference encoder: float32 array (NumPy or torch) -> int64 codes, integer arithmetic only.
+
+    Every finite float32 is exactly ``sig * 2^e2`` with an integer ``sig < 2^24``. The format's
+    quantum at x's exponent is ``2^(eq - m)``, so the mantissa count is ``n = sig * 2^e2 / 2^(eq - m)``,
+    an integer division by ``2^shift`` rounded to nearest-even. Then ``(eq - emin) * 2^m + n`` is the
+    magnitude code directly: for a normal n includes the implicit 1, a carry out of the mantissa
+    bumps the exponent field, and subnormals are the ``eq == emin`` codes with ``n < 2^m``.
+    """
+    op = _ops(x)
+    e, m = fmt.exp_bits, fmt.man_bits
+    u = op.float32_bits(x)                         # x [...] -> float32 bit patterns, int64 [...]
+    sign, a = u >> 31, u & 0x7FFFFFFF             # a = the bits of |x|
+    exp, man = a >> 23, a & 0x7FFFFF
+    is_nan, is_inf = a > _F32_INF, a == _F32_INF
+    if fmt.convention == "fnu":
+        return _encode_e8m0_reference(sign, a, exp, man, saturate, op)
+
+    normal = exp != 0
+    sig = op.where(normal, man | 0x800000, man)    # |x| = sig * 2^e2 exactly
+    e2 = op.where(normal, exp - 150, -149)
+    # floor(log2|x|) for a normal float32. Float32 subnormals lie below every format's smallest
+    # normal (emin >= -126), so any exponent below -126 (here -127) puts them on the subnormal grid.
+    ex = op.where(normal, exp - 127, -127)
+    eq = op.clamp(ex, fmt.emin, None)              # values below the normal range share the quantum of emin
+    shift = op.clamp(eq - m - e2, 0, 40)           # low bits of sig below the quantum; >= 25 rounds sig to 0
+    n = _round_shift(sig, shift)                  # round(sig / 2^shift), ties to even
+    mag = (eq - fmt.emin) * 2**m + n              # magnitude code E * 2^m + M
+
+    over = (mag > fmt.max_mag) | is_inf           # decided after rounding: e4m3fn 464 -> 448, 465 overflows
+    if saturate or fmt.convention == "none":
+        mag = op.where(over, fmt.max_mag, mag)     # clamp to ±max
+    elif fmt.convention == "ieee":
+        mag = op.where(over, ((1 << e) - 1) << m, mag)  # ±Inf
+    else:
+        is_nan = is_nan | over                     # fn, fnuz: no Inf, so overflow is NaN
+    q = (sign << (e + m)) | mag
+
+    if fmt.convention == "ieee":                   # quiet NaN: E all ones and the top mantissa bit
+        q = op.where(is_nan, (sign << (e + m)) | (((1 << e) - 1) << m) | (1 << (m - 1)), q)
+    elif fmt.convention == "fn":                   # S.1111.111
+        q = op.where(is_nan, (sign << (e + m)) | ((1 << (e + m)) - 1), q)
+    elif fmt.convention == "fnuz":                 # no -0 (-0 -> +0); the "-0" code is the one NaN
+        q = op.where(mag == 0, 0, q)
+        q = op.where(is_nan, 1 << (e + m), q)
+    return q
+
+
+def _round_shift(sig, k):
+    """``sig / 2^k`` rounded to the nearest integer, ties to even (k >= 0, elementwise)."""
+    q = sig >> k                                  # truncated quotient
+    r = sig - (q << k)                            # remainder, 0 <= r < 2^k
+    half = (1 << k) >> 1                          # 2^(k-1); 0 when k == 0 (exact, nothing to round)
+    return q + ((r > half) | ((r == half) & (half > 0) & ((q & 1) == 1)))
+
+
+def _encode_e8m0_reference(sign, a, exp, man, saturate, op):
+    """E8M0 the ml_dtypes way: 2^k rounded in the linear domain, ties up (1.5 -> 2)."""
+    q = op.where(exp != 0, exp + (man >= 0x400000),      # normal: round up from 1.5 * 2^k on
+                 op.where(man > 0x400000, 1, 0))          # float32 subnormal: > 2^-127 -> 2^-126
+    q = op.where(q >= 255, 254 if saturate else 255, q)   # overflow (and +Inf)
+    return op.where((sign == 1) | (a == 0) | (a > _F32_INF), 255, q)  # negative, zero, NaN -> NaN
+
+
+def decode_reference(codes, fmt: FloatFormat):
+    """Reference decoder: integer codes (NumPy or torch) -> float32, built as float32 bit patterns."""
+    op = _ops(codes)
+    e, m = fmt.exp_bits, fmt.man_bits
+    c = op.int64(codes)
+    if fmt.convention == "fnu":                    # 2^(c - 127); 2^-127 is a float32 subnormal
+        bits = op.where(c == 0, 0x400000, c << 23)
+        return op.bits_float32(op.where(c == 255, _F32_QNAN, bits))
+
+    sign = (c >> (e + m)) & 1
+    E, M = (c >> m) & ((1 << e) - 1), c & ((1 << m) - 1)
+    normal = ((E - fmt.bias + 127) << 23) | (M << (23 - m))   # re-bias E, left-align M in 23 bits
+    # subnormal M * 2^(1 - bias - m): normalise on the leading bit p of M ...
+    p = op.clamp(_bit_length(M) - 1, 0, None)
+    f_exp = 1 - fmt.bias - m + p + 127
+    sub = (f_exp << 23) | ((M - (1 << p)) << (23 - p))
+    # ... unless that is below float32's normal range (bias 127: bfloat16, float32), where the
+    # float32 subnormal field is M shifted into place.
+    sub = op.where(f_exp >= 1, sub, M << (150 - fmt.bias - m))
+    bits = op.where(E != 0, normal, op.where(M == 0, 0, sub))
+
+    top = E == (1 << e) - 1
+    if fmt.convention == "ieee":
+        bits = op.where(top, op.where(M == 0, _F32_INF, _F32_QNAN), bits)
+    elif fmt.convention == "fn":
+        bits = op.where(top & (M == (1 << m) - 1), _F32_QNAN, bits)
+    bits = bits | (sign << 31)
+    if fmt.convention == "fnuz":
+        bits = op.where(c == 1 << (e + m), _F32_QNAN, bits)  # the "-0" code is the NaN
+    return op.bits_float32(bits)
+
+
+def _bit_length(a):
+    """Number of significant bits of each non-negative ``a < 2^32`` (0 for 0), by binary search."""
+    n = a * 0
+    for k in (16, 8, 4, 2, 1):
+        big = a >= (1 << k)
+        n = n + big * k
+        a = a >> (big * k)
+    return n + (a > 0)
+
+
+# --- the Numba kernels: the same steps, one scalar at a time ----------------------------------------------
+
+
+@njit
+def _encode_kernel(u, q, e, m, bias, conv, max_mag, saturate):
+    """u [n] uint32 float32 bit patterns -> q [n] uint32 codes (see encode_reference)."""
+    for i in range(u.size):
+        b = np.int64(u[i])
+        sign, a = b >> 31, b & 0x7FFFFFFF
+        exp, man = a >> 23, a & 0x7FFFFF
+        if conv == _FNU:
+            if exp != 0:
+                c = exp + (1 if man >= 0x400000 else 0)
+            else:
+                c = 1 if man > 0x400000 else 0
+            if c >= 255:
+                c = 254 if saturate else 255
+            if sign == 1 or a == 0 or a > _F32_INF:
+                c = 255
+            q[i] = c
+            continue
+        if exp != 0:
+            sig, e2, ex = man | 0x800000, exp - 150, exp - 127
+        else:
+            sig, e2, ex = man, -149, -127
+        emin = 1 - bias
+        eq = max(ex, emin)
+        k = min(max(eq - m - e2, 0), 40)
+        n = sig >> k
+        r = sig - (n << k)
+        half = (1 << k) >> 1
+        if r > half or (r == half and half > 0 and (n & 1) == 1):
+            n += 1
+        mag = (eq - emin) * (1 << m) + n
+        is_nan = a > _F32_INF
+        if mag > max_mag or a == _F32_INF:
+            if saturate or conv == _NONE:
+                mag = max_mag
+            elif conv == _IEEE:
+                mag = ((1 << e) - 1) << m
+            else:
+                is_nan = True
+        c = (sign << (e + m)) | mag
+        if is_nan:
+            if conv == _IEEE:
+                c = (sign << (e + m)) | (((1 << e) - 1) << m) | (1 << (m - 1))
+            elif conv == _FN:
+                c = (sign << (e + m)) | ((1 << (e + m)) - 1)
+            elif conv == _FNUZ:
+                c = 1 << (e + m)
+        elif conv == _FNUZ and mag == 0:
+            c = 0
+        q[i] = c
+
+
+@njit
+def _decode_kernel(c, bits, e, m, bias, conv):
+    """c [n] uint32 codes -> bits [n] uint32 float32 bit patterns (see decode_reference)."""
+    for i in range(c.size):
+        ci = np.int64(c[i])
+        if conv == _FNU:
+            bits[i] = _F32_QNAN if ci == 255 else 0x400000 if ci == 0 else ci << 23
+            continue
+        sign = (ci >> (e + m)) & 1
+        E, M = (ci >> m) & ((1 << e) - 1), ci & ((1 << m) - 1)
+        top = E == (1 << e) - 1
+        if conv == _IEEE and top:
+            b = _F32_INF if M == 0 else _F32_QNAN
+        elif conv == _FN and top and M == (1 << m) - 1:
+            b = _F32_QNAN
+        elif E != 0:
+            b = ((E - bias + 127) << 23) | (M << (23 - m))
+        elif M == 0:
+            b = 0
+        else:
+            p = 0
+            while (M >> (p + 1)) != 0:
+                p += 1
+            f_exp = 1 - bias - m + p + 127
+            b = (f_exp << 23) | ((M - (1 << p)) << (23 - p)) if f_exp >= 1 else M << (150 - bias - m)
+        b |= sign << 31
+        if conv == _FNUZ and ci == 1 << (e + m):
+            b = _F32_QNAN
+        bits[i] = b
+
+
+# --- array backends: the few ops the reference needs, for NumPy and for torch ----------------------------
+
+
+class _NumpyOps:
+    where = staticmethod(np.where)
+    isnan = staticmethod(np.isnan)
+
+    @staticmethod
+    def clamp(a, lo, hi):
+        return np.clip(a, lo, hi)
+
+    @staticmethod
+    def float32_bits(x):
+        return np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.int64)
+
+    @staticmethod
+    def int64(c):
+        return np.asarray(c).astype(np.int64)
+
+    @staticmethod
+    def bits_float32(bits):
+        return bits.astype(np.uint32).view(np.float32)
+
+
+class _TorchOps:
+    def __init__(self):
+        import torch
+
+        self.t = torch
+        self.where, self.isnan = torch.where, torch.isnan
+
+    def clamp(self, a, lo, hi):
+        return self.t.clamp(a, min=lo, max=hi)
+
+    def float32_bits(self, x):
+        return x.detach().to(self.t.float32).contiguous().view(self.t.int32).to(self.t.int64) & 0xFFFFFFFF
+
+    def int64(self, c):
+        return c.to(self.t.int64)
+
+    def bits_float32(self, bits):
+        # int64 0 .. 2^32-1 -> the same 32 bits as int32 (two's complement), then reinterpret
+        return self.t.where(bits >= 2**31, bits - 2**32, bits).to(self.t.int32).view(self.t.float32)
+
+
+def _ops(x):
+    return _TorchOps() if is_torch(x) else _NumpyOps
+
+
+# --- the formats, keyed by their ml_dtypes names ---------------------------------------------------------
+
+
+class _Formats(dict):
+    def __missing__(self, name):
+        raise KeyError(f"unknown float format {name!r}; known formats: {', '.join(self)}")
+
+
+FORMATS: dict[str, FloatFormat] = _Formats({f.name: f for f in [
+    FloatFormat("float32", 1, 8, 23, 127, "ieee"),
+    FloatFormat("float16", 1, 5, 10, 15, "ieee"),
+    FloatFormat("bfloat16", 1, 8, 7, 127, "ieee"),
+    FloatFormat("float8_e4m3fn", 1, 4, 3, 7, "fn"),
+    FloatFormat("float8_e5m2", 1, 5, 2, 15, "ieee"),
+    FloatFormat("float8_e4m3fnuz", 1, 4, 3, 8, "fnuz"),
+    FloatFormat("float8_e5m2fnuz", 1, 5, 2, 16, "fnuz"),
+    FloatFormat("float6_e2m3fn", 1, 2, 3, 1, "none"),
+    FloatFormat("float6_e3m2fn", 1, 3, 2, 3, "none"),
+    FloatFormat("float4_e2m1fn", 1, 2, 1, 1, "none"),
+    FloatFormat("float8_e8m0fnu", 0, 8, 0, 127, "fnu"),
+]})
