@@ -62,6 +62,8 @@ def check_uint_array(q, name: str, *, allow_empty=False):
         raise TypeError(f"{name} must have an unsigned integer dtype, got {q.dtype}")
     if not allow_empty and _numel(q) == 0:
         raise ValueError(f"{name} is empty (shape {tuple(q.shape)})")
+    if is_torch(q) and _numel(q) and bool((q < 0).any()):  # torch lacks uint16/32: signed codes allowed if >= 0
+        raise ValueError(f"{name} has negative codes")
     return q
 
 

@@ -185,7 +185,7 @@ def _check_axis(axis, ndim):
         return None
     try:
         axes = tuple(int(a) for a in axes)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
     for a in axes:
         if not -ndim <= a < ndim:
@@ -222,25 +222,48 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
         raise ValueError("zero_point='float' needs symmetric=False (a symmetric z is fixed)")
     axes = _check_axis(axis, x.ndim)
     op = _ops(x)
-    x = op.f32(x)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: rejected just below
+        x = op.f32(x)
+    if not _all_finite(x):
+        raise ValueError("x has values beyond the float32 range (computations are in float32)")
     if symmetric:
         half = (1 << (bits - 1)) - 1
         amax = op.amax(abs(x), axes)
         s = op.where(amax > 0, amax / half, amax * 0 + 1)
-        s = op.round_scale_up(s, scale_dtype)
+        s = op.round_scale_up(_valid_scale(op, s), scale_dtype)
         z = op.f32(s) * 0 + float(1 << (bits - 1))
         return QParams(s, z, bits, True, "int")
     lo, hi = op.amin(x, axes), op.amax(x, axes)
     if zero_point == "int":
         lo, hi = op.minimum(lo, 0.0), op.maximum(hi, 0.0)
     qmax = (1 << bits) - 1
-    s = op.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
-    s = op.round_scale_up(s, scale_dtype)
+    with np.errstate(over="ignore"):  # a range beyond float32 gives s = inf: _valid_scale rejects it
+        s = op.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
+    s = op.round_scale_up(_valid_scale(op, s), scale_dtype)
     s32 = op.f32(s)
-    z = -lo / s32
+    z = (0.0 - lo) / s32  # 0.0 - lo, not -lo: a zero minimum gives z = +0, not -0
     if zero_point == "int":
         z = op.clip(op.rint(z), 0, qmax)
     return QParams(s, z, bits, False, zero_point)
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)  # 2^-126, the smallest normal float32
+
+
+def _valid_scale(op, s):
+    """Scales are normal float32 numbers: at least 2^-126 (a subnormal or zero s loses the
+    precision of x / s), and finite (a range beyond float32 is an error, not s = inf)."""
+    if not _all_finite(s):
+        raise ValueError("x spans a range too large for a float32 scale (max - min overflows)")
+    return op.maximum(s, _F32_TINY)
+
+
+def _all_finite(a) -> bool:
+    if is_torch(a):
+        import torch
+
+        return bool(torch.isfinite(a).all())
+    return bool(np.isfinite(a).all())
 
 
 def _check_qparams(qp, x):
@@ -253,6 +276,15 @@ def _check_qparams(qp, x):
         raise ValueError("qp.s must be > 0 everywhere")
     if is_torch(x) != is_torch(qp.s):
         raise TypeError("x and qp must both be NumPy arrays or both be torch tensors")
+    check_choice(qp.zero_point, "qp.zero_point", ZERO_POINT)
+    shape = tuple(x.shape)
+    try:
+        ok = np.broadcast_shapes(shape, tuple(qp.s.shape), tuple(qp.z.shape)) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"qp.s {tuple(qp.s.shape)} and qp.z {tuple(qp.z.shape)} must broadcast to the "
+                         f"shape of the input {shape}")
 
 
 def quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):
@@ -267,16 +299,22 @@ def quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):
     op = _ops(x)
     x = op.f32(x)
     s = op.f32(qp.s)
-    # with an integer z, round(x / s) + z is the DESIGN convention; a float z is added before rounding
-    v = x / s + qp.z if qp.zero_point == "float" else x / s
+    v = x / s
+    z = qp.z
+    if qp.zero_point == "float":
+        # add only the fraction of z before rounding: x / s + z in float32 would carry a rounding
+        # error of the size of z (up to 2^bits), z - floor(z) is exact and small
+        z_int = op.floor(z)
+        v, z = v + (z - z_int), z_int
     if rounding == "stochastic":
         if rng is None:
             raise ValueError("rng is required for rounding='stochastic' (pass a seeded generator)")
-        r = op.floor(v + op.uniform(tuple(x.shape), rng, x))
+        # round up with probability frac(v); floor(v + u) in float32 could overshoot ceil(v)
+        r = op.floor(v)
+        r = r + op.f32(op.uniform(tuple(x.shape), rng, x) < v - r)
     else:
         r = op.rint(v)
-    if qp.zero_point == "int":
-        r = r + qp.z
+    r = r + z  # with an integer z, round(x / s) + z: the DESIGN convention
     return op.to_codes(op.clip(r, qp.qmin, qp.qmax), qp.bits)
 
 

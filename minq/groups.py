@@ -245,11 +245,12 @@ def _quantize_kernel(W, s, z, bits, g, float_zero_point, q):
     for r in prange(out):
         for j in range(n_in // g):
             sj, zj = s[r, j], z[r, j]
+            z_frac = np.float32(0.0)
+            if float_zero_point:  # as affine.quantize: only the fraction of z joins the rounding
+                z_frac = zj - np.floor(zj)
+                zj = np.floor(zj)
             for i in range(j * g, (j + 1) * g):
-                if float_zero_point:
-                    v = np.rint(W[r, i] / sj + zj)
-                else:
-                    v = np.rint(W[r, i] / sj) + zj
+                v = np.rint(W[r, i] / sj + z_frac) + zj
                 q[r, i] = np.uint8(min(max(v, np.float32(0.0)), qmax))
 
 
