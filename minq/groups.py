@@ -41,10 +41,11 @@ def resolve_group_size(group_size, n_in: int) -> int:
 
     Raises ValueError naming ``group_size`` when it is not None/0/-1/positive or does not divide ``n_in``.
     """
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+                                   or group_size < -1):
+        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
     if group_size is None or group_size == 0 or group_size == -1:
         return n_in
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < -1:
-        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
     if n_in % group_size:
         raise ValueError(f"group_size={group_size} does not divide the input dimension {n_in} "
                          f"(ragged groups are not supported)")
@@ -111,6 +112,9 @@ class GroupedAffine:
         if bool((s <= 0).any()):
             raise ValueError("s must be > 0 everywhere")
         if z is not None:
+            if zero_point == "int" and (is_torch(z) and not z.is_floating_point()
+                                        or not is_torch(z) and np.asarray(z).dtype.kind in "ui"):
+                z = _f32(z)  # integer zero points may come as integer arrays
             check_float_array(z, "z")
             if tuple(z.shape) != want:
                 raise ValueError(f"z must have shape {want}, got {tuple(z.shape)}")
@@ -200,8 +204,8 @@ def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zer
 
     Returns a ``GroupedAffine``. Guarantee (tests/test_groups.py): ``|W - W_hat| <= s/2 + 2^-22 (|W| + s)``
     elementwise, with ``s`` the stored scale of the element's group (float zero points: for
-    elements inside the stored grid's range). Per group, the codes equal
-    ``affine.quantize(group(W), affine.choose_qparams(group(W), axis=-1, ...))`` exactly.
+    elements inside the stored grid's range). The codes equal ``affine.quantize(group(W), c.qparams())``
+    exactly: quantization uses the parameters as stored (a float zero point rounded to the scale dtype).
     """
     check_float_array(W, "W", ndim=2)
     bits = check_bits(bits)

@@ -47,7 +47,7 @@ def _check_codes(q, bits, name="q"):
     check_uint_array(q, name)
     if q.ndim < 1:
         raise ValueError(f"{name} must have at least one dimension")
-    if bits < 8 and bool((q > (1 << bits) - 1).any()):
+    if bool((q > (1 << bits) - 1).any()):
         raise ValueError(f"{name} has codes >= 2^bits = {1 << bits} (bits={bits})")
 
 

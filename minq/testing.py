@@ -10,7 +10,7 @@
   raises with the (shrunk) counterexample, target vs yours.
 
 Hypothesis is imported lazily: ``import minq.testing`` works without it, the strategies need it
-(it comes with ``minq[notebooks]`` and the dev install).
+(it comes with ``minq[notebooks]`` and ``minq[dev]``).
 """
 
 from __future__ import annotations
@@ -119,15 +119,15 @@ def weight_matrices(*, max_rows: int = 8, max_groups: int = 4, group_sizes=(1, 2
     st = _st()
 
     @st.composite
-    def draw(data):
-        g = data.draw(st.sampled_from(group_sizes))
-        out = data.draw(st.integers(1, max_rows))
-        n_groups = data.draw(st.integers(1, max_groups))
-        seed = data.draw(st.integers(0, 2**32 - 1))
+    def draw(draw):
+        g = draw(st.sampled_from(group_sizes))
+        out = draw(st.integers(1, max_rows))
+        n_groups = draw(st.integers(1, max_groups))
+        seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
         W = rng.standard_normal((out, g * n_groups)).astype(np.float32)
         W *= np.exp(rng.uniform(-3, 3, size=(out, 1))).astype(np.float32)
-        n_out = data.draw(st.integers(0, 3))
+        n_out = draw(st.integers(0, 3))
         if n_out:
             r, c = rng.integers(0, out, n_out), rng.integers(0, g * n_groups, n_out)
             W[r, c] *= np.float32(rng.uniform(5, 50))
