@@ -7,6 +7,14 @@ Chapters (module: concept):
     minq.registry  scheme names -> quantizers (rtn-w4g64, ...)
     minq.report    the main job (``minq report``)
     minq.testing   assertion helpers, hypothesis strategies and ``check`` for exercises
+    minq.models    the real-model testbed: ``load_model("smollm2")``, a NumPy Llama forward
 """
 
 __version__ = "0.1.0"
+
+
+def load_model(name_or_path, **kwargs):
+    """``minq.models.load_model``: a model by asset name (``"smollm2"``) or a .gguf path."""
+    from minq.models import load_model as _load
+
+    return _load(name_or_path, **kwargs)

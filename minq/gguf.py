@@ -1,0 +1,115 @@
+"""Reading GGUF files: metadata and float32 tensors of a Llama-architecture checkpoint.
+
+GGUF (llama.cpp's file format) is a header of typed key/value metadata (``llama.block_count``,
+``tokenizer.ggml.tokens``, ...) followed by tensors, each stored as F32/F16/BF16 or in ggml's block
+quantized types (Q8_0, Q4_0, Q4_1, the k-quants ...). ``read_gguf`` parses the file with the
+``gguf`` package (gguf-py) and dequantizes every tensor to float32 with ``gguf.quants.dequantize``
+(until chapter 08 replaces it with minq's own ``kquants``).
+
+The Q/K row permutation. llama.cpp applies RoPE to *interleaved* pairs ``(x[2i], x[2i+1])`` of each
+head, while Hugging Face checkpoints rotate the *two halves* ``(x[i], x[i + d/2])``. The HF->GGUF
+converter therefore reorders the rows of ``attn_q`` and ``attn_k`` within each head:
+
+    HF row  h*d + j*(d/2) + i     (head h, half j in {0, 1}, index i < d/2)
+    GGUF row h*d + 2*i + j
+
+``read_gguf`` undoes it (``unpermute_qk``), so the weights minq holds are in the Hugging Face layout
+for every checkpoint format, and ``minq.models.llama`` implements one RoPE: the half-split one. (Only
+the *order of output rows* changes; quantization along the input dimension is unaffected.)
+Writing a GGUF (chapter 08) must apply the permutation again.
+
+Reference: the GGUF specification in the ggml repository (docs/gguf.md). Notebook: chapter 08.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["GGUFFile", "read_gguf", "unpermute_qk", "permute_qk", "SUPPORTED_ARCHITECTURES"]
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+@dataclass
+class GGUFFile:
+    """A parsed GGUF file.
+
+    metadata: {key: value} (strings, numbers, lists) — e.g. ``metadata["llama.block_count"] == 30``.
+    tensors:  {name: float32 array} in NumPy order, a linear weight ``W [out, in]``; attn_q/attn_k
+              rows already in the Hugging Face (half-split RoPE) order.
+    types:    {name: ggml type name as stored, e.g. "Q4_1"}.
+    """
+
+    path: Path
+    metadata: dict
+    tensors: dict = field(repr=False)
+    types: dict = field(repr=False)
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata["general.architecture"]
+
+
+def permute_qk(W, n_head: int):
+    """HF rows -> GGUF rows within each head: ``[n_head * d, in]``, pairs (i, i + d/2) become (2i, 2i+1)."""
+    out = W.shape[0]
+    d = out // n_head
+    return W.reshape(n_head, 2, d // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def unpermute_qk(W, n_head: int):
+    """GGUF rows -> HF rows (the inverse of ``permute_qk``); ``n_head`` is the KV head count for attn_k."""
+    out = W.shape[0]
+    if n_head <= 0 or out % (2 * n_head):
+        raise ValueError(f"n_head={n_head} does not split {out} rows into heads of even size")
+    d = out // n_head
+    return W.reshape(n_head, d // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def read_gguf(path, *, progress: bool = True) -> GGUFFile:
+    """Parse the GGUF file at ``path``: metadata and every tensor dequantized to float32.
+
+    Raises FileNotFoundError (no such file), ValueError naming the file when it is not a valid GGUF
+    (bad magic, truncated, corrupt, a tensor type gguf-py cannot dequantize) or when its
+    ``general.architecture`` is not one of ``SUPPORTED_ARCHITECTURES``.
+    """
+    import gguf
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # gguf-py raises ValueError/IndexError/... on bad files
+        raise ValueError(f"{path} is not a valid GGUF file (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from e
+    try:
+        metadata = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    except Exception as e:
+        raise ValueError(f"{path}: corrupt GGUF metadata: {type(e).__name__}: {e}") from e
+    arch = metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{path}: unsupported architecture {arch!r} (general.architecture); "
+                         f"minq runs {', '.join(SUPPORTED_ARCHITECTURES)}")
+    n_head = metadata.get(f"{arch}.attention.head_count")
+    n_kv = metadata.get(f"{arch}.attention.head_count_kv", n_head)
+
+    tensors, types = {}, {}
+    for t in tqdm(reader.tensors, desc=f"read {path.name}", disable=not progress, leave=False):
+        try:
+            W = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot dequantize tensor {t.name!r} of type "
+                             f"{t.tensor_type.name}: {type(e).__name__}: {e}") from e
+        W = W.reshape([int(n) for n in reversed(t.shape)])  # ggml [in, out] -> NumPy [out, in]
+        if t.name.endswith("attn_q.weight"):
+            W = unpermute_qk(W, n_head)
+        elif t.name.endswith("attn_k.weight"):
+            W = unpermute_qk(W, n_kv)
+        tensors[t.name] = np.ascontiguousarray(W)
+        types[t.name] = t.tensor_type.name
+    return GGUFFile(path, metadata, tensors, types)

@@ -1,0 +1,114 @@
+"""The model's tokenizer, rebuilt from a GGUF file's metadata with the ``tokenizers`` library.
+
+A GPT-2 style byte-level BPE (``tokenizer.ggml.model == "gpt2"``) is fully described by:
+
+- ``tokenizer.ggml.tokens``: the vocabulary, id -> token, spelled in GPT-2's byte alphabet (every
+  byte 0..255 is mapped to a printable character, e.g. the space byte to ``Ġ``);
+- ``tokenizer.ggml.merges``: the BPE merge rules ``"a b"`` in priority order;
+- ``tokenizer.ggml.pre``: how text is split into words before BPE runs (the pre-tokenizer regex);
+- ``tokenizer.ggml.token_type``: 3 = control (``<|im_start|>``, matched whole, special), 4 =
+  user-defined (matched whole); ``bos/eos_token_id``; ``add_bos_token``.
+
+Encoding = split text with the pre-tokenizer -> map each word's UTF-8 bytes to the byte alphabet ->
+apply merges, lowest rank first, until none applies -> look the pieces up. Decoding reverses the byte
+alphabet. Reference: Sennrich et al., "Neural Machine Translation of Rare Words with Subword Units"
+(2016); Radford et al., GPT-2 (2019) for the byte-level variant.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Tokenizer", "PRE_TOKENIZERS"]
+
+# GPT-2's word-splitting rule (what tokenizers' ByteLevel(use_regex=True) applies).
+_GPT2 = "gpt2"
+# Llama 3's rule: case-insensitive contractions, digits in runs of at most 3, newlines apart.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# tokenizer.ggml.pre -> (split every digit apart first?, split regex or the GPT-2 rule)
+PRE_TOKENIZERS = {
+    "default": (False, _GPT2),
+    "gpt2": (False, _GPT2),
+    "smollm": (True, _GPT2),      # SmolLM: each digit is its own word, then GPT-2's rule
+    "starcoder": (True, _GPT2),
+    "llama-bpe": (False, _LLAMA3_SPLIT),
+    "llama3": (False, _LLAMA3_SPLIT),
+}
+
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer. ``encode(text) -> list[int]``, ``decode(ids) -> str``."""
+
+    def __init__(self, tokens, merges, *, pre: str = "default", token_types=None, bos_id=None,
+                 eos_id=None, add_bos: bool = False):
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as _HFTokenizer
+
+        if pre not in PRE_TOKENIZERS:
+            raise ValueError(f"unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                             f"supported: {', '.join(PRE_TOKENIZERS)}")
+        self.tokens = list(tokens)
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, bool(add_bos)
+        vocab = {t: i for i, t in enumerate(self.tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        tk = _HFTokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+        digits, split = PRE_TOKENIZERS[pre]
+        steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+        if split == _GPT2:
+            steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+        else:
+            steps += [pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        tk.pre_tokenizer = pre_tokenizers.Sequence(steps)
+        tk.decoder = decoders.ByteLevel()
+        types = list(token_types) if token_types is not None else [1] * len(self.tokens)
+        tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                               for t, ty in zip(self.tokens, types) if ty == _CONTROL])
+        tk.add_tokens([AddedToken(t, special=False, normalized=False)
+                       for t, ty in zip(self.tokens, types) if ty == _USER_DEFINED])
+        self._tk = tk
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict) -> Tokenizer:
+        """Build from the ``tokenizer.ggml.*`` keys of a GGUF file (``minq.gguf.read_gguf(...).metadata``)."""
+        kind = metadata.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(f"unsupported tokenizer.ggml.model {kind!r}: minq builds byte-level BPE "
+                             f"('gpt2') tokenizers only")
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if key not in metadata:
+                raise ValueError(f"GGUF metadata has no {key}")
+        return cls(metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.merges"],
+                   pre=metadata.get("tokenizer.ggml.pre", "default"),
+                   token_types=metadata.get("tokenizer.ggml.token_type"),
+                   bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
+                   eos_id=metadata.get("tokenizer.ggml.eos_token_id"),
+                   add_bos=metadata.get("tokenizer.ggml.add_bos_token", False))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (control tokens written in the text, like ``<|im_start|>``, stay whole;
+        a BOS id is prepended only when the file's ``add_bos_token`` says so).
+
+        Raises TypeError if ``text`` is not a str, ValueError if it is empty.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("text is empty: there is nothing to tokenize")
+        ids = self._tk.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
+
+    def decode(self, ids) -> str:
+        """The text of token ids ``ids`` (control tokens included as written). ValueError naming ``ids``
+        when one is outside ``[0, vocab_size)``."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        return self._tk.decode(ids, skip_special_tokens=False)

@@ -1,0 +1,250 @@
+"""The Llama testbed: GGUF reading, tokenizer and NumPy forward against transformers (the oracle).
+
+transformers reads the same GGUF file: ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` and
+``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)`` (gguf-py dequantize and its
+own Q/K un-permutation; loading a GGUF needs ``accelerate``, a dev dependency).
+"""
+
+import numpy as np
+import pytest
+
+from minq import assets
+from minq.gguf import permute_qk, read_gguf, unpermute_qk
+from minq.groups import quantize_groups
+from minq.models import DenseWeight, load_model
+from minq.testing import assert_close, assert_equal
+
+TEXTS = [
+    "Hello world, the quick brown fox",
+    "In 2024, 3.14159 and 1,000,000 people said 42!",
+    "<|im_start|>user\nHi there<|im_end|>\n",
+    "  spaces   and\ttabs\n\nnewlines",
+    "Ünïcödé 日本語 🙂 café",
+    "it's we'll I'M",
+]
+
+PROMPT = ("The history of numerical computing is a history of trading precision for speed. Early "
+          "machines stored numbers in fixed point; floating point arrived with hardware that could "
+          "afford an exponent. Today, language models are quantized to four bits or fewer, and the "
+          "question is again which digits matter. Every bit removed from a weight must be paid for "
+          "somewhere: in perplexity, in a calibration set, or in the engineer's patience.")
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+    return assets.fetch("smollm2")
+
+
+@pytest.fixture(scope="module")
+def model(gguf_path):
+    return load_model(gguf_path, progress=False)
+
+
+@pytest.fixture(scope="module")
+def hf(gguf_path):
+    torch = pytest.importorskip("torch")  # a dev dependency: never actually skipped in CI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, f = gguf_path.parent, gguf_path.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()  # tied
+    m.eval()
+
+    def logits(ids):
+        with torch.no_grad():
+            return m(torch.tensor(np.asarray(ids))[None]).logits[0].numpy()
+
+    return tok, logits
+
+
+# --- GGUF ---------------------------------------------------------------------------------------------
+
+
+def test_qk_permutation_roundtrip_and_layout():
+    W = np.arange(2 * 8 * 3, dtype=np.float32).reshape(16, 3)  # 2 heads of d=8, in=3
+    P = permute_qk(W, 2)
+    assert_equal(unpermute_qk(P, 2), W)
+    # GGUF row h*d + 2i + j holds HF row h*d + j*d/2 + i
+    for h in range(2):
+        for i in range(4):
+            for j in range(2):
+                assert_equal(P[h * 8 + 2 * i + j], W[h * 8 + j * 4 + i])
+    with pytest.raises(ValueError, match="n_head"):
+        unpermute_qk(W, 3)
+
+
+def test_read_gguf_metadata(gguf_path):
+    g = read_gguf(gguf_path, progress=False)
+    assert g.architecture == "llama" and g.metadata["llama.block_count"] == 30
+    assert g.types["blk.0.attn_q.weight"] == "Q4_1" and g.types["token_embd.weight"] == "Q8_0"
+    assert g.tensors["token_embd.weight"].shape == (49152, 576)
+    assert g.tensors["blk.0.attn_k.weight"].shape == (192, 576)
+    assert g.tensors["blk.0.ffn_down.weight"].shape == (576, 1536)
+    assert all(t.dtype == np.float32 for t in g.tensors.values())
+
+
+def _write_gguf(path, arch="llama", tensors=()):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    for name, data, qtype in tensors:
+        raw = gguf.quants.quantize(data, qtype)
+        w.add_tensor(name, raw, raw_dtype=qtype)  # shape inferred from the raw bytes
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+def test_read_gguf_types(tmp_path, rng, qtype):
+    import gguf
+
+    t = gguf.GGMLQuantizationType[qtype]
+    W = rng.standard_normal((8, 64)).astype(np.float32)    # [out, in]
+    Wk = rng.standard_normal((4, 64)).astype(np.float32)   # 1 KV head of d=4
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, tensors=[("blk.0.ffn_up.weight", W, t), ("blk.0.attn_k.weight", Wk, t)])
+    g = read_gguf(path, progress=False)
+    assert g.types["blk.0.ffn_up.weight"] == qtype
+    want = gguf.quants.dequantize(gguf.quants.quantize(W, t), t).reshape(W.shape)
+    assert_equal(g.tensors["blk.0.ffn_up.weight"], want.astype(np.float32))
+    want_k = gguf.quants.dequantize(gguf.quants.quantize(Wk, t), t).reshape(Wk.shape)
+    assert_equal(g.tensors["blk.0.attn_k.weight"], unpermute_qk(want_k.astype(np.float32), 1))
+
+
+def test_read_gguf_bad_files(tmp_path, gguf_path, rng):
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        read_gguf(tmp_path / "nope.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ValueError, match="not a valid GGUF"):
+        read_gguf(bad)
+    for n in (1000, 50_000_000):  # truncated inside the metadata, and inside the tensor data
+        cut = tmp_path / f"cut{n}.gguf"
+        with open(gguf_path, "rb") as f:
+            cut.write_bytes(f.read(n))
+        with pytest.raises(ValueError, match="not a valid GGUF"):
+            read_gguf(cut, progress=False)
+    other = tmp_path / "gpt2.gguf"
+    _write_gguf(other, arch="gpt2",
+                tensors=[("x.weight", rng.standard_normal((2, 32)).astype(np.float32),
+                          __import__("gguf").GGMLQuantizationType.F32)])
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
+        read_gguf(other)
+
+
+# --- tokenizer ----------------------------------------------------------------------------------------
+
+
+def test_tokenizer_matches_transformers(model, hf):
+    tok, _ = hf
+    for text in TEXTS + [PROMPT]:
+        ids = model.tokenizer.encode(text)
+        assert ids == tok(text)["input_ids"], text
+        assert model.tokenizer.decode(ids) == text
+
+
+def test_tokenizer_bad_input(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.tokenizer.encode("")
+    with pytest.raises(TypeError, match="text"):
+        model.tokenizer.encode(b"bytes")
+    with pytest.raises(ValueError, match="ids"):
+        model.tokenizer.decode([1, 49152])
+
+
+# --- forward ------------------------------------------------------------------------------------------
+
+
+def _prompt_ids(model, n=64):
+    ids = model.tokenizer.encode(PROMPT)
+    assert len(ids) >= n
+    return np.array(ids[:n])
+
+
+def test_logits_match_transformers(model, hf):
+    _, hf_logits = hf
+    ids = _prompt_ids(model)
+    logits = model.logits(ids)
+    assert logits.dtype == np.float32 and logits.shape == (64, 49152)
+    assert_close(logits, hf_logits(ids), atol=1e-3, name="minq vs transformers logits")
+
+
+def test_incremental_equals_full(model):
+    ids = _prompt_ids(model)
+    full = model.logits(ids)
+    cache = model.new_cache()
+    parts = [model.logits(ids[a:b], cache=cache) for a, b in [(0, 40), (40, 41), (41, 42), (42, 64)]]
+    assert cache.length == 64 and cache.nbytes == 30 * 2 * 3 * 64 * 64 * 4
+    assert_close(np.concatenate(parts), full, atol=1e-4, name="incremental vs full")
+
+
+def test_batched_windows(model):
+    ids = _prompt_ids(model, 48).reshape(2, 24)
+    batched = model.logits(ids)                                     # [2, 24, vocab]
+    assert batched.shape == (2, 24, 49152)
+    for b in range(2):
+        assert_close(batched[b], model.logits(ids[b]), atol=1e-4, name=f"window {b}")
+
+
+def test_with_weights_swaps_and_leaves_input_unchanged(model):
+    ids = _prompt_ids(model, 16)
+    before = model.logits(ids)
+    name = "blk.3.ffn_down"
+    assert name in model.linear_names() and len(model.linear_names()) == 30 * 7
+    W = model.weights[name].dequantize()
+    Wq = quantize_groups(W, bits=2, group_size=64)
+
+    calls = []
+
+    class Counting:  # a protocol object that counts dequantize calls
+        shape, nbytes, bits_per_weight = Wq.shape, Wq.nbytes, Wq.bits_per_weight
+
+        def dequantize(self):
+            calls.append(1)
+            return Wq.dequantize()
+
+    q = model.with_weights({name: Counting()})
+    after = q.logits(ids)
+    q.logits(ids)
+    assert len(calls) == 1                                          # dequantized once, at with_weights
+    assert np.abs(after - before).max() > 1e-3                      # the swap took effect
+    assert isinstance(model.weights[name], DenseWeight)
+    assert_equal(model.logits(ids), before)                         # the input model is unchanged
+    assert q.nbytes < model.nbytes and q.tokenizer is model.tokenizer
+
+
+def test_with_weights_bad(model):
+    with pytest.raises(ValueError, match="unknown weight names"):
+        model.with_weights({"blk.99.attn_q": model.weights["blk.0.attn_q"]})
+    with pytest.raises(ValueError, match="blk.0.attn_k.*shape"):
+        model.with_weights({"blk.0.attn_k": model.weights["blk.0.attn_q"]})
+    with pytest.raises(TypeError, match="quantized-weight protocol"):
+        model.with_weights({"blk.0.attn_q": np.zeros((576, 576), np.float32)})
+
+
+def test_logits_bad_input(model):
+    with pytest.raises(ValueError, match=r"ids out of range.*49152"):
+        model.logits([1, 2, 49152])
+    with pytest.raises(ValueError, match=r"ids out of range.*-1"):
+        model.logits([-1, 2])
+    with pytest.raises(ValueError, match="non-empty"):
+        model.logits([])
+    with pytest.raises(TypeError, match="integer"):
+        model.logits([1.0, 2.0])
+    with pytest.raises(ValueError, match="context length 8192"):
+        model.logits(np.ones(8193, np.int64))
+    cache = model.new_cache()
+    model.logits([1, 2, 3], cache=cache)
+    with pytest.raises(ValueError, match="3 cached.*context length"):
+        model.logits(np.ones(8190, np.int64), cache=cache)
+
+
+def test_load_model_unknown():
+    with pytest.raises(ValueError, match="smollm2"):
+        load_model("llama-70b")
