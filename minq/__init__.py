@@ -13,8 +13,25 @@ Chapters (module: concept):
 __version__ = "0.1.0"
 
 
-def load_model(name_or_path, **kwargs):
-    """``minq.models.load_model``: a model by asset name (``"smollm2"``) or a .gguf path."""
-    from minq.models import load_model as _load
+# The public API of the testbed, imported lazily so ``import minq`` stays light.
 
-    return _load(name_or_path, **kwargs)
+
+def load_model(name_or_path, **kwargs):
+    """A model by asset name (``"smollm2"``, ``"minilm"``) or a .gguf path (``minq.models.load_model``)."""
+    from minq.models import load_model as _load_model
+
+    return _load_model(name_or_path, **kwargs)
+
+
+def quantize(model, scheme, calibration=None, **kwargs):
+    """A new model quantized with the registered ``scheme`` (``minq.api.quantize``)."""
+    from minq.api import quantize as _quantize
+
+    return _quantize(model, scheme, calibration, **kwargs)
+
+
+def perplexity(model, text, window=512, **kwargs):
+    """Perplexity over non-overlapping windows (``minq.eval.perplexity``)."""
+    from minq.eval import perplexity as _perplexity
+
+    return _perplexity(model, text, window, **kwargs)

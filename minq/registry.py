@@ -1,8 +1,14 @@
-"""The method registry: a scheme name maps to a weight quantizer (DESIGN.md §2).
+"""The method registry: a scheme name maps to a quantizer (DESIGN.md §2).
 
     scheme = minq.registry.get("rtn-w4g64")
     Wq = scheme.quantize_weight(W)          # W float32 [out, in] -> a quantized weight
     Wq.dequantize(), Wq.bits_per_weight     # the quantized-weight protocol
+    qmodel = minq.quantize(model, "rtn-w4g64")   # every linear of a model (input model unchanged)
+
+A scheme quantizes a model through ``quantize_model(model, calibration)``; weight-only schemes get
+the default, which quantizes each linear of ``model.linear_names()`` on its own and swaps it in with
+``model.with_weights``. Methods that need calibration data (GPTQ, AWQ, activation quantization)
+set ``needs_calibration`` and supply their own ``quantize_model``. Embeddings and norms stay in float.
 
 Names are parsed, not listed one by one: ``rtn-w{bits}`` is round-to-nearest per output channel,
 ``rtn-w{bits}g{group}`` per group of ``group`` inputs; asymmetric (integer zero point) by default,
@@ -18,17 +24,41 @@ from dataclasses import dataclass
 
 from minq.groups import quantize_groups
 
-__all__ = ["Scheme", "get", "register_family", "SCHEMES", "known"]
+__all__ = ["Scheme", "get", "register_family", "quantize_linears", "SCHEMES", "known"]
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """A named quantization scheme. ``quantize_weight(W, calibration=None)`` returns an object of
-    the quantized-weight protocol (``dequantize()``, ``shape``, ``nbytes``, ``bits_per_weight``)."""
+    """A named quantization scheme.
+
+    quantize_weight(W) -> an object of the quantized-weight protocol (``dequantize()``, ``shape``,
+        ``nbytes``, ``bits_per_weight``), for schemes that quantize each weight on its own.
+    quantize_model(model, calibration, progress) -> a new model; None means "each linear with
+        ``quantize_weight``" (``quantize_linears``).
+    needs_calibration: ``minq.quantize`` supplies calibration token ids [n, seq] when True.
+    """
 
     name: str
     description: str
-    quantize_weight: Callable
+    quantize_weight: Callable | None = None
+    quantize_model: Callable | None = None
+    needs_calibration: bool = False
+
+    def apply(self, model, calibration=None, *, progress: bool = True):
+        """The quantized model (``model`` is left unchanged)."""
+        if self.quantize_model is not None:
+            return self.quantize_model(model, calibration, progress=progress)
+        return quantize_linears(model, self.quantize_weight, desc=self.name, progress=progress)
+
+
+def quantize_linears(model, quantize_weight: Callable, *, desc: str = "quantize", progress: bool = True):
+    """``model.with_weights({name: quantize_weight(W)})`` over every linear, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    new = {}
+    for name in tqdm(model.linear_names(), desc=desc, unit="linear", disable=not progress, leave=False):
+        new[name] = quantize_weight(model.weights[name].dequantize())
+    return model.with_weights(new)
 
 
 # family pattern -> builder(match) -> Scheme
@@ -68,10 +98,10 @@ def _rtn(m: re.Match) -> Scheme:
     gran = "per output channel" if group == -1 else f"groups of {group}"
     desc = f"round-to-nearest {bits}-bit, {gran}, {'symmetric' if sym else 'asymmetric'} min-max"
 
-    def quantize_weight(W, calibration=None):
+    def quantize_weight(W):
         return quantize_groups(W, bits=bits, group_size=group, symmetric=sym)
 
-    return Scheme(m.string, desc, quantize_weight)
+    return Scheme(m.string, desc, quantize_weight=quantize_weight)
 
 
 register_family(r"rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?", _rtn, "rtn-w{bits}[g{group}][-sym]")

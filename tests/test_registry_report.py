@@ -1,12 +1,15 @@
-"""The method registry, the main job (`minq report`) and the CLI."""
+"""The method registry, ``minq.quantize``, the main job (``minq report``) and the CLI."""
 
 import numpy as np
 import pytest
 
+import minq
 from minq import registry
+from minq.api import calibration_ids
 from minq.cli import main
 from minq.groups import GroupedAffine, quantize_groups
-from minq.report import llm_like_weights, run_report
+from minq.models.llama import DenseWeight
+from minq.report import run_report
 from minq.testing import assert_equal
 
 
@@ -27,7 +30,7 @@ def test_every_default_scheme_round_trips_through_the_registry(rng):
     W = rng.standard_normal((4, 192)).astype(np.float32)
     for name in registry.SCHEMES:
         s = registry.get(name)
-        assert s.name == name and s.description
+        assert s.name == name and s.description and not s.needs_calibration
         Wq = s.quantize_weight(W)
         assert Wq.shape == W.shape and Wq.dequantize().dtype == np.float32
 
@@ -45,39 +48,100 @@ def test_unknown_scheme_lists_known_ones():
         registry.get(4)
 
 
-def test_llm_like_weights_are_seeded_and_shaped():
-    a, b = llm_like_weights(0), llm_like_weights(0)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert_equal(a[k], b[k], name=k)
-    assert a["ffn_down"].shape == (576, 1536)
+class TinyModel:
+    """The model protocol the registry relies on: linear_names, weights, with_weights."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def linear_names(self):
+        return sorted(self.weights)
+
+    def with_weights(self, new):
+        return TinyModel({**self.weights, **new})
 
 
-def test_report_writes_table_and_plot(tmp_path):
-    rows = run_report(["rtn-w8", "rtn-w4g64", "rtn-w2g64"], out_dir=tmp_path, progress=False)
+def test_quantize_swaps_every_linear_and_leaves_the_input_alone(rng):
+    W = {f"blk.0.{n}": DenseWeight(rng.standard_normal((8, 64)).astype(np.float32)) for n in ("a", "b")}
+    model = TinyModel(W)
+    q = minq.quantize(model, "rtn-w4g32", progress=False)
+    assert all(isinstance(w, DenseWeight) for w in model.weights.values()), "input model unchanged"
+    for name, w in q.weights.items():
+        assert isinstance(w, GroupedAffine)
+        want = quantize_groups(model.weights[name].dequantize(), bits=4, group_size=32)
+        assert_equal(w.dequantize(), want.dequantize(), name=name)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        minq.quantize(model, "rtn-w4x")
+    with pytest.raises(TypeError, match="model"):
+        minq.quantize(object(), "rtn-w4")
+
+
+class _Tok:
+    def encode(self, text):
+        return [ord(c) % 50 for c in text]
+
+
+class _M:
+    tokenizer = _Tok()
+
+
+def test_calibration_ids_from_text_ids_and_errors():
+    ids = calibration_ids(_M(), "abc" * 400, seq_len=512)
+    assert ids.shape == (2, 512) and ids.dtype == np.int64
+    assert calibration_ids(_M(), np.arange(10), seq_len=4).shape == (2, 4)
+    assert calibration_ids(_M(), np.ones((3, 7), np.int32)).shape == (3, 7)
+    with pytest.raises(ValueError, match="calibration"):
+        calibration_ids(_M(), "   ")
+    with pytest.raises(TypeError, match="calibration"):
+        calibration_ids(_M(), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="calibration"):
+        calibration_ids(_M(), np.ones((2, 2, 2), np.int64))
+
+
+# --- the main job on the real model (small: 2 windows) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return minq.load_model("smollm2", progress=False)
+
+
+def test_report_writes_table_and_plot(tmp_path, smollm2):
+    rows = run_report(smollm2, ["rtn-w8", "rtn-w3g64", "rtn-w2g64"], out_dir=tmp_path, max_tokens=1024,
+                      progress=False)
     md = (tmp_path / "report.md").read_text()
-    assert "| rtn-w4g64 |" in md and "bits/weight" in md
+    assert "| rtn-w3g64 |" in md and "perplexity" in md and "Q4_1" in md
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     by = {r["scheme"]: r for r in rows}
-    # more bits -> less error, and the accounting includes scale overhead
-    assert by["rtn-w8"]["rel_mse"] < by["rtn-w4g64"]["rel_mse"] < by["rtn-w2g64"]["rel_mse"]
-    assert by["rtn-w4g64"]["bits_per_weight"] == pytest.approx(4 + 20 / 64)
+    assert rows[0]["scheme"] == "float32" and rows[0]["change_pct"] == 0.0
+    # 8 bits is close to the reference; fewer bits lose more (2-bit RTN is far worse)
+    assert abs(by["rtn-w8"]["change_pct"]) < 2.0
+    assert by["rtn-w8"]["perplexity"] < by["rtn-w3g64"]["perplexity"] < by["rtn-w2g64"]["perplexity"]
+    assert by["rtn-w3g64"]["bits_per_weight"] == pytest.approx(3 + (16 + 3) / 64, abs=1e-3)
     assert not list(tmp_path.glob(".*tmp*")), "no temporary files left behind"
 
 
-def test_report_rejects_unknown_scheme_before_touching_files(tmp_path):
+def test_report_rejects_bad_arguments_before_touching_files(tmp_path, smollm2):
     (tmp_path / "report.md").write_text("previous report")
     with pytest.raises(ValueError, match="unknown scheme"):
-        run_report(["rtn-w4g64", "nope"], out_dir=tmp_path, progress=False)
-    assert (tmp_path / "report.md").read_text() == "previous report"
+        run_report(smollm2, ["rtn-w4g64", "nope"], out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="schemes"):
-        run_report([], out_dir=tmp_path, progress=False)
+        run_report(smollm2, [], out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="max_tokens"):
+        run_report(smollm2, ["rtn-w8"], out_dir=tmp_path, max_tokens=100, progress=False)
+    assert (tmp_path / "report.md").read_text() == "previous report"
 
 
-def test_cli_report_and_schemes(tmp_path, capsys):
-    assert main(["report", "--schemes", "rtn-w8,rtn-w4g64", "--out", str(tmp_path)]) == 0
-    assert "rtn-w4g64" in capsys.readouterr().out
+def test_cli(tmp_path, capsys):
+    assert main(["report", "--schemes", "rtn-w8", "--max-tokens", "512", "--out", str(tmp_path)]) == 0
+    assert "| rtn-w8 |" in capsys.readouterr().out
+    assert main(["eval", "--scheme", "rtn-w4g64", "--max-tokens", "512"]) == 0
+    assert "perplexity" in capsys.readouterr().out
     assert main(["report", "--schemes", "bogus", "--out", str(tmp_path)]) == 2
     assert "unknown scheme" in capsys.readouterr().err
+    assert main(["eval", "--model", "nope"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["fetch", "--model", "smollm2"]) == 0
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().out
     assert main(["schemes"]) == 0
     assert "rtn-w3g64-sym" in capsys.readouterr().out

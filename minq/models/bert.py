@@ -1,0 +1,430 @@
+"""A readable NumPy BERT encoder: sentences -> sentence embeddings, with pluggable weights.
+
+all-MiniLM-L6-v2 is minq's second real model and its *true* float32 one (DESIGN.md §3): a 6-layer
+BERT (Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers", 2019) of hidden size
+384 and 12 heads, distilled as in Wang et al., "MiniLM: Deep Self-Attention Distillation" (2020) and
+trained as a sentence encoder the Sentence-BERT way (Reimers & Gurevych, "Sentence-BERT", 2019).
+The quantization chapters use it to measure *embedding fidelity*: the cosine between the embedding of
+a sentence under quantized weights and under the original float32 ones.
+
+Input, for token ids ``t [T]`` (``[CLS] ... [SEP]``), positions ``0..T-1`` and segment 0:
+
+    x_0 = LN(E_word[t] + E_pos[0..T-1] + E_type[0])
+
+One post-LN encoder layer (bidirectional attention: every token sees every real token, none of the
+padding):
+
+    h = LN(x + Wo · attention(Wq · x + bq, Wk · x + bk, Wv · x + bv) + bo)          12 heads of 32
+    y = LN(h + Wout · gelu(Win · h + bin) + bout)                                      MLP 384 -> 1536 -> 384
+
+    LN(x) = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta                          LayerNorm, eps 1e-12
+    gelu(x) = x/2 · (1 + erf(x / sqrt(2)))                                             exact (erf) GELU
+
+Sentence embedding (the sentence-transformers pipeline Transformer -> Pooling -> Normalize):
+
+    e = sum_t mask[t] · y_L[t] / sum_t mask[t]        mean pooling over the real tokens
+    e = e / max(||e||_2, 1e-12)                       L2 normalisation (``normalize=True``)
+
+so that the cosine of two normalised embeddings is their dot product.
+
+Weights: every linear ``W [out, in]`` lives in ``model.weights`` under a name like
+``layer.0.attention.query`` (``query``, ``key``, ``value``, ``output`` of the attention;
+``layer.0.intermediate`` and ``layer.0.output`` of the MLP), as an object of the quantized-weight
+protocol (``DenseWeight`` for float32); its bias stays float32 in ``model.biases`` under the same
+name. ``model.with_weights({name: Wq})`` returns the same model with other weight objects, exactly as
+``LlamaModel.with_weights``; each weight is dequantized once, when the model is built.
+
+Tokenizer: WordPiece from ``tokenizer.json`` (the ``tokenizers`` library), lower-casing, ``[CLS]``
+and ``[SEP]`` added, truncated to ``max_seq_length`` = 256 tokens as sentence-transformers'
+``sentence_bert_config.json`` says (tokenizer.json itself says 128 and pads to 128; both settings are
+replaced here — padding is done per batch, to the longest sentence).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minq.models.llama import DenseWeight, _dense_of
+
+__all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
+           "l2_normalize", "LINEARS", "MAX_SEQ_LENGTH"]
+
+# The linears of one layer, in the order the forward uses them: name -> (out, in) in config terms.
+LINEARS = ("attention.query", "attention.key", "attention.value", "attention.output",
+           "intermediate", "output")
+
+# all-MiniLM-L6-v2's sentence_bert_config.json: {"max_seq_length": 256}. That file is not among the
+# cached asset files, so its value is recorded here (a sentence_bert_config.json found beside the
+# weights wins).
+MAX_SEQ_LENGTH = 256
+
+# safetensors name of each linear in layer i (the bias is the same name with ".bias").
+_HF_LINEAR = {"attention.query": "attention.self.query", "attention.key": "attention.self.key",
+              "attention.value": "attention.self.value", "attention.output": "attention.output.dense",
+              "intermediate": "intermediate.dense", "output": "output.dense"}
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    dim: int                  # d, hidden size
+    n_layers: int
+    n_heads: int
+    hidden_dim: int           # MLP width ("intermediate_size")
+    norm_eps: float
+    max_position: int         # rows of the position embedding
+    type_vocab_size: int
+    max_seq_length: int       # truncation length of the sentence-embedding pipeline
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_json(cls, cfg: dict, max_seq_length: int = MAX_SEQ_LENGTH) -> BertConfig:
+        """From a Hugging Face BERT ``config.json`` dict. ValueError for what this forward does not do."""
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"config.json: hidden_act {cfg['hidden_act']!r} unsupported (only exact 'gelu')")
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"config.json: position_embedding_type {cfg['position_embedding_type']!r} "
+                             f"unsupported (only 'absolute')")
+        max_pos = int(cfg["max_position_embeddings"])
+        return cls(vocab_size=int(cfg["vocab_size"]), dim=int(cfg["hidden_size"]),
+                   n_layers=int(cfg["num_hidden_layers"]), n_heads=int(cfg["num_attention_heads"]),
+                   hidden_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+                   max_position=max_pos, type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+                   max_seq_length=min(int(max_seq_length), max_pos))
+
+
+def _check_texts(texts) -> list[str]:
+    """``texts`` as a non-empty list of non-empty str (one str counts as a list of one)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("texts is empty: give at least one sentence")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        if not t:
+            raise ValueError(f"texts[{i}] is an empty string: there is nothing to embed")
+    return list(texts)
+
+
+class BertTokenizer:
+    """WordPiece tokenizer of a BERT checkpoint, read from its ``tokenizer.json``.
+
+    ``encode(text) -> list[int]`` gives ``[CLS] ... [SEP]`` ids truncated to ``max_length``;
+    ``batch(texts) -> ids, mask`` pads a list of sentences to the longest one.
+    """
+
+    def __init__(self, path, max_length: int = MAX_SEQ_LENGTH):
+        from tokenizers import Tokenizer
+
+        tk = Tokenizer.from_file(str(path))
+        tk.no_padding()                                  # tokenizer.json pads to 128: pad per batch instead
+        tk.enable_truncation(max_length=max_length)      # counts [CLS] and [SEP]
+        self._tk = tk
+        self.max_length = max_length
+        self.vocab_size = tk.get_vocab_size()
+        self.pad_id = tk.token_to_id("[PAD]")
+        if self.pad_id is None:
+            raise ValueError(f"{path}: no [PAD] token: not a BERT WordPiece tokenizer")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``: ``[CLS]`` (101), the WordPiece ids, ``[SEP]`` (102), at most
+        ``max_length`` in all. Raises TypeError if ``text`` is not a str, ValueError if it is empty."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("text is empty: there is nothing to tokenize")
+        return self._tk.encode(text).ids
+
+    def decode(self, ids) -> str:
+        """The text of ``ids`` with the special tokens dropped (lower-cased, as the tokenizer saw it)."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        return self._tk.decode(ids, skip_special_tokens=True)
+
+    def batch(self, texts):
+        """``texts`` (list of N str) -> ``ids [N, T]`` int64 padded with ``[PAD]``, ``mask [N, T]`` bool
+        (True on real tokens), T the longest encoded length."""
+        texts = _check_texts(texts)
+        enc = [self._tk.encode(t).ids for t in texts]
+        T = max(len(e) for e in enc)
+        ids = np.full((len(enc), T), self.pad_id, dtype=np.int64)                  # [N, T]
+        mask = np.zeros((len(enc), T), dtype=bool)                                 # [N, T]
+        for i, e in enumerate(enc):
+            ids[i, :len(e)] = e
+            mask[i, :len(e)] = True
+        return ids, mask
+
+
+def layer_norm(x, gamma, beta, eps: float):
+    """``x [..., d] -> (x - mean) / sqrt(var + eps) * gamma + beta`` (biased variance, float32)."""
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    return xc / np.sqrt(var + np.float32(eps)) * gamma + beta
+
+
+# Abramowitz & Stegun 7.1.26: erf(x) = 1 - (a1 t + a2 t^2 + ... + a5 t^5) e^{-x^2}, t = 1 / (1 + p x),
+# for x >= 0, absolute error below 1.5e-7 (about one float32 ulp of values near 1).
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def erf(x):
+    """The error function, elementwise, with absolute error < 1.5e-7 (A&S 7.1.26; NumPy has no erf).
+
+    Evaluated in float64, returned in ``x``'s float dtype; odd: ``erf(-x) = -erf(x)``.
+    """
+    x = np.asarray(x)
+    a = np.abs(x).astype(np.float64)
+    t = 1.0 / (1.0 + _AS_P * a)
+    poly = t * (_AS_A[0] + t * (_AS_A[1] + t * (_AS_A[2] + t * (_AS_A[3] + t * _AS_A[4]))))  # Horner
+    y = 1.0 - poly * np.exp(-a * a)
+    return np.copysign(y, x).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+
+
+def softmax(s):
+    """Softmax over the last axis (float32); ``-inf`` entries get probability 0."""
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def gelu(x):
+    """Exact GELU ``x/2 · (1 + erf(x / sqrt 2))`` (Hendrycks & Gimpel, 2016), BERT's activation."""
+    return np.float32(0.5) * x * (np.float32(1.0) + erf(x * np.float32(1.0 / np.sqrt(2.0))))
+
+
+class BertEncoder:
+    """A BERT sentence encoder. ``embed(texts) -> float32 [N, d]``; ``forward(ids, mask) -> [B, T, d]``.
+
+    weights:    {"layer.{i}.{linear}": quantized-weight object} for every linear of ``LINEARS``;
+    biases:     {"layer.{i}.{linear}": float32 [out]}, the same names;
+    norms:      {"embeddings" | "layer.{i}.attention" | "layer.{i}.output": (gamma, beta) float32 [d]};
+    embeddings: {"word": [vocab, d], "position": [max_position, d], "token_type": [types, d]} float32.
+    """
+
+    def __init__(self, config: BertConfig, weights: dict, biases: dict, norms: dict, embeddings: dict, *,
+                 tokenizer=None, _dense=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.biases = biases
+        self.norms = norms
+        self.embeddings = embeddings
+        names = self.linear_names()
+        if set(weights) != set(names):
+            raise ValueError(f"weights must hold exactly the linears {names[:6]}...; missing "
+                             f"{sorted(set(names) - set(weights))[:5]}, unknown {sorted(set(weights) - set(names))[:5]}")
+        self.weights = dict(weights)
+        dense = dict(_dense or {})
+        for name in names:  # dequantize once; reuse what an unchanged weight object already produced
+            if name not in dense:
+                dense[name] = _dense_of(self.weights[name], name, self._expected_shape(name))
+        self._dense = dense
+
+    # --- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_safetensors(cls, path) -> BertEncoder:
+        """Load ``model.safetensors`` with ``config.json``, ``tokenizer.json`` and ``pooling_config.json``
+        beside it (the layout ``minq.assets.fetch("minilm")`` caches), as a float32 model.
+
+        Raises FileNotFoundError for a missing file, ValueError for a checkpoint that is not a complete
+        BERT or a pooling this encoder does not do (only mean pooling).
+        """
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        folder = path.parent
+        for f in (path, folder / "config.json", folder / "tokenizer.json"):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} not found (a BERT checkpoint needs model.safetensors, "
+                                        f"config.json and tokenizer.json in one folder)")
+        pooling = folder / "pooling_config.json"
+        if pooling.is_file():
+            p = json.loads(pooling.read_text())
+            others = [k for k, v in p.items() if k.startswith("pooling_mode") and v and k != "pooling_mode_mean_tokens"]
+            if not p.get("pooling_mode_mean_tokens", False) or others:
+                raise ValueError(f"{pooling}: only mean pooling is supported, got {p}")
+        max_seq = MAX_SEQ_LENGTH
+        sbert = folder / "sentence_bert_config.json"
+        if sbert.is_file():
+            max_seq = int(json.loads(sbert.read_text()).get("max_seq_length", max_seq))
+        cfg = BertConfig.from_json(json.loads((folder / "config.json").read_text()), max_seq)
+
+        t = load_file(str(path))
+        t = {k.removeprefix("bert."): v for k, v in t.items()}   # BertForX checkpoints prefix "bert."
+        try:
+            weights, biases, norms = {}, {}, {}
+            for i in range(cfg.n_layers):
+                p = f"encoder.layer.{i}."
+                for n, hf in _HF_LINEAR.items():
+                    weights[f"layer.{i}.{n}"] = DenseWeight(t[p + hf + ".weight"])    # [out, in]
+                    biases[f"layer.{i}.{n}"] = _f32(t[p + hf + ".bias"])              # [out]
+                norms[f"layer.{i}.attention"] = _ln(t, p + "attention.output.LayerNorm")
+                norms[f"layer.{i}.output"] = _ln(t, p + "output.LayerNorm")
+            norms["embeddings"] = _ln(t, "embeddings.LayerNorm")
+            embeddings = {"word": _f32(t["embeddings.word_embeddings.weight"]),            # [vocab, d]
+                          "position": _f32(t["embeddings.position_embeddings.weight"]),    # [max_pos, d]
+                          "token_type": _f32(t["embeddings.token_type_embeddings.weight"])}  # [types, d]
+        except KeyError as e:
+            raise ValueError(f"{path}: tensor {e.args[0]!r} missing: not a complete BERT checkpoint") from e
+        tok = BertTokenizer(folder / "tokenizer.json", max_length=cfg.max_seq_length)
+        return cls(cfg, weights, biases, norms, embeddings, tokenizer=tok)
+
+    def linear_names(self) -> list[str]:
+        """Names of every linear weight, layer by layer: ``layer.0.attention.query``, ..., ``layer.{L-1}.output``."""
+        return [f"layer.{i}.{n}" for i in range(self.config.n_layers) for n in LINEARS]
+
+    def _expected_shape(self, name: str) -> tuple:
+        c = self.config
+        kind = name.split(".", 2)[2]
+        return {"intermediate": (c.hidden_dim, c.dim), "output": (c.dim, c.hidden_dim)}.get(kind, (c.dim, c.dim))
+
+    def with_weights(self, new: dict) -> BertEncoder:
+        """A new model whose weights ``new`` ({name: weight object}) replace the named ones; the others,
+        the biases, norms, embeddings and tokenizer are shared. ``self`` is left unchanged.
+
+        Raises ValueError naming unknown names or a weight whose ``shape`` does not match, TypeError for
+        an object outside the quantized-weight protocol.
+        """
+        unknown = sorted(set(new) - set(self.weights))
+        if unknown:
+            raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
+        dense = {n: a for n, a in self._dense.items() if n not in new}
+        return BertEncoder(self.config, {**self.weights, **new}, self.biases, self.norms, self.embeddings,
+                           tokenizer=self.tokenizer, _dense=dense)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the linear weights as stored by their weight objects."""
+        return sum(w.nbytes for w in self.weights.values())
+
+    # --- forward ------------------------------------------------------------------------------------
+
+    def _linear(self, name: str, x):
+        """``x [..., in] -> x · W^T + b  [..., out]`` (one 2-D BLAS matmul over all the rows)."""
+        W = self._dense[name]                                                      # [out, in]
+        y = x.reshape(-1, x.shape[-1]) @ W.T                                       # [rows, out]
+        y += self.biases[name]
+        return y.reshape(*x.shape[:-1], W.shape[0])
+
+    def layer(self, i: int, x, key_bias):
+        """Encoder layer ``i``: ``x [B, T, d] -> [B, T, d]``; ``key_bias [B, 1, 1, T]`` is 0 on real
+        tokens and -inf on padding (added to the attention scores)."""
+        c = self.config
+        B, T, d = x.shape
+        nh, hd = c.n_heads, c.head_dim
+        p = f"layer.{i}."
+
+        q, k, v = (_heads(self._linear(p + n, x), nh)                              # [B, nh, T, hd] each
+                   for n in ("attention.query", "attention.key", "attention.value"))
+        s = q @ k.swapaxes(-1, -2)                                                 # [B, nh, T, T]
+        s *= np.float32(1.0 / np.sqrt(hd))
+        s += key_bias                                                              # no token sees padding
+        a = softmax(s) @ v                                                         # [B, nh, T, hd]
+        a = a.transpose(0, 2, 1, 3).reshape(B, T, d)                               # [B, T, d]
+        g, b = self.norms[p + "attention"]
+        h = layer_norm(x + self._linear(p + "attention.output", a), g, b, c.norm_eps)  # post-LN
+
+        m = gelu(self._linear(p + "intermediate", h))                              # [B, T, hidden]
+        g, b = self.norms[p + "output"]
+        return layer_norm(h + self._linear(p + "output", m), g, b, c.norm_eps)    # [B, T, d]
+
+    def forward(self, ids, mask=None):
+        """Last hidden states, float32 ``[B, T, d]``, of token ids ``ids [B, T]`` (or ``[T]`` -> ``[T, d]``).
+
+        ``mask [B, T]`` (bool or 0/1) marks the real tokens; padding positions get outputs too, but no
+        real token attends to them. Raises TypeError for non-integer ids, ValueError for empty ids, ids
+        outside ``[0, vocab_size)``, more than ``max_position`` tokens, or a mask of another shape or
+        with a row of no real token.
+        """
+        ids = np.asarray(ids)
+        if ids.ndim not in (1, 2) or ids.size == 0:
+            raise ValueError(f"ids must be a non-empty [T] or [B, T] array of token ids, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integer token ids, got dtype {ids.dtype}")
+        c = self.config
+        bad = (ids < 0) | (ids >= c.vocab_size)
+        if bad.any():
+            raise ValueError(f"ids out of range [0, {c.vocab_size}): {ids[bad][:5].tolist()}")
+        if ids.shape[-1] > c.max_position:
+            raise ValueError(f"ids has {ids.shape[-1]} tokens, more than the {c.max_position} positions")
+        squeeze = ids.ndim == 1
+        ids = ids[None] if squeeze else ids                                        # [B, T]
+        mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask)
+        mask = mask[None] if squeeze and mask.ndim == 1 else mask
+        if mask.shape != ids.shape:
+            raise ValueError(f"mask must have the shape of ids {ids.shape}, got {mask.shape}")
+        mask = mask.astype(bool)
+        if not mask.any(axis=1).all():
+            raise ValueError("mask has a row with no real token")
+        B, T = ids.shape
+
+        e = self.embeddings
+        x = e["word"][ids] + e["position"][:T] + e["token_type"][0]               # [B, T, d] (segment 0)
+        x = layer_norm(x, *self.norms["embeddings"], c.norm_eps)
+        key_bias = np.where(mask, np.float32(0), np.float32(-np.inf))[:, None, None, :]  # [B, 1, 1, T]
+        for i in range(c.n_layers):
+            x = self.layer(i, x, key_bias)
+        return x[0] if squeeze else x
+
+    def embed(self, texts, normalize: bool = True, batch_size: int = 32):
+        """Sentence embeddings, float32 ``[N, d]``, of ``texts`` (a list of N str; one str gives N = 1).
+
+        Each sentence is tokenized (truncated to ``config.max_seq_length`` tokens), encoded, mean-pooled
+        over its real tokens and, with ``normalize`` (the default, as all-MiniLM-L6-v2's pipeline
+        does), scaled to unit L2 norm. Sentences run in batches of ``batch_size`` of similar length
+        (sorted, as sentence-transformers does, so little padding is computed); the result is in the
+        order of ``texts``. Raises ValueError naming ``texts`` when it, or one of its strings, is
+        empty, TypeError when it is not a str / list of str.
+        """
+        texts = _check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        order = np.argsort([-len(t) for t in texts], kind="stable")               # longest first
+        out = np.empty((len(texts), self.config.dim), np.float32)                  # [N, d]
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = self.tokenizer.batch([texts[i] for i in idx])              # [B, T], [B, T]
+            y = self.forward(ids, mask)                                            # [B, T, d]
+            out[idx] = mean_pool(y, mask)                                          # [B, d]
+        return l2_normalize(out) if normalize else out
+
+
+def mean_pool(y, mask):
+    """``y [B, T, d]``, ``mask [B, T]`` -> the mean of ``y`` over the real tokens, ``[B, d]``."""
+    m = mask.astype(np.float32)[..., None]                                         # [B, T, 1]
+    return (y * m).sum(axis=1) / np.maximum(m.sum(axis=1), np.float32(1e-9))
+
+
+def l2_normalize(e):
+    """Rows of ``e [N, d]`` scaled to unit L2 norm (a zero row stays zero)."""
+    n = np.linalg.norm(e, axis=-1, keepdims=True)
+    return (e / np.maximum(n, np.float32(1e-12))).astype(np.float32)
+
+
+def _heads(y, nh: int):
+    """``y [B, T, nh * hd] -> [B, nh, T, hd]``, made contiguous: NumPy's stacked matmul calls BLAS only
+    on contiguous matrices (on the transposed view it runs a loop ~30x slower)."""
+    B, T, d = y.shape
+    return np.ascontiguousarray(y.reshape(B, T, nh, d // nh).transpose(0, 2, 1, 3))
+
+
+def _f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _ln(t, prefix):
+    """(gamma, beta) of the LayerNorm ``prefix`` of a safetensors dict."""
+    return _f32(t[prefix + ".weight"]), _f32(t[prefix + ".bias"])
