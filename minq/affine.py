@@ -210,7 +210,8 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
         stored scale still covers the range and the error bound holds with the stored value.
 
     A slice whose range is 0 (all zero; or all equal with a float zero point) gets ``s = 1``:
-    every value of it is then reproduced exactly.
+    every value of it is then reproduced exactly. Scales are at least 2^-126, the smallest normal
+    float32 (a subnormal scale would lose the precision of ``x / s``).
     """
     check_float_array(x, "x")
     bits = check_bits(bits)

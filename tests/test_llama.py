@@ -248,3 +248,176 @@ def test_logits_bad_input(model):
 def test_load_model_unknown():
     with pytest.raises(ValueError, match="smollm2"):
         load_model("llama-70b")
+
+
+def test_last_only(model):
+    ids = _prompt_ids(model, 24)
+    # one row through the head GEMM instead of 24: another BLAS kernel, other rounding
+    assert_close(model.logits(ids, last_only=True), model.logits(ids)[-1:], atol=1e-4, name="last only")
+    batch = ids.reshape(2, 12)
+    assert_close(model.logits(batch, last_only=True), model.logits(batch)[:, -1:], atol=1e-4, name="batched")
+
+
+# --- calibration hooks and block-by-block execution ------------------------------------------------
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_blocks_one_by_one_equal_logits(model, batched):
+    ids = _prompt_ids(model, 32)
+    ids = ids.reshape(2, 16) if batched else ids
+    x = model.embed(ids)
+    assert x.shape == ids.shape + (576,)
+    for i in range(model.config.n_layers):
+        x0 = x.copy()
+        x = model.run_block(i, x)
+        assert_equal(x0, x0 if i else model.embed(ids))
+    assert_equal(model.head(x), model.logits(ids))
+    assert model.block_linear_names(2) == [f"blk.2.{n}" for n in
+                                           ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+
+
+def test_run_block_leaves_input_unchanged(model):
+    x = model.embed(_prompt_ids(model, 8))
+    x0 = x.copy()
+    model.run_block(0, x)
+    assert_equal(x, x0)
+
+
+def test_capture_inputs_equal_recomputed(model):
+    from minq.models.llama import rms_norm
+
+    ids = _prompt_ids(model, 20)
+    names = ["blk.0.attn_q", "blk.0.attn_v", "blk.0.attn_output", "blk.0.ffn_down", "blk.2.attn_k"]
+    X = model.capture_inputs(ids, names)
+    assert list(X) == names
+    assert [X[n].shape for n in names] == [(20, 576)] * 3 + [(20, 1536), (20, 576)]
+    assert all(X[n].dtype == np.float32 and not X[n].flags.writeable for n in names)
+    eps = model.config.norm_eps
+    x0 = model.embed(ids)
+    assert_equal(X["blk.0.attn_q"], rms_norm(x0, model.norms["blk.0.attn_norm"], eps))
+    assert X["blk.0.attn_v"] is X["blk.0.attn_q"]                   # q, k, v read one input
+    x2 = model.run_block(1, model.run_block(0, x0))
+    assert_equal(X["blk.2.attn_k"], rms_norm(x2, model.norms["blk.2.attn_norm"], eps))
+    # block 0 = x + attention output projection + MLP down projection, from the captured inputs
+    Wo, Wd = (model.weights[f"blk.0.{n}"].dequantize() for n in ("attn_output", "ffn_down"))
+    assert_close(model.run_block(0, x0), x0 + X["blk.0.attn_output"] @ Wo.T + X["blk.0.ffn_down"] @ Wd.T,
+                 atol=1e-5, name="block 0 from captured inputs")
+
+
+def test_capture_inputs_batched(model):
+    ids = _prompt_ids(model, 32).reshape(2, 16)
+    X = model.capture_inputs(ids, ["blk.1.ffn_gate"])["blk.1.ffn_gate"]
+    assert X.shape == (32, 576)                                     # [B * T, in], window after window
+    for b in range(2):
+        assert_close(X[16 * b:16 * (b + 1)], model.capture_inputs(ids[b], ["blk.1.ffn_gate"])["blk.1.ffn_gate"],
+                     atol=1e-5, name=f"window {b}")
+
+
+def test_hooks_identity_and_observation(model):
+    ids = _prompt_ids(model, 16).reshape(2, 8)
+    before = model.logits(ids)
+    seen = []
+
+    def observe(name, X):
+        seen.append((name, X.shape))
+        return X                                                     # "replace" the input by itself
+
+    hooks = {n: observe for n in model.linear_names()}
+    assert_equal(model.logits(ids, hooks=hooks), before)             # bit for bit
+    assert seen[:7] == [(f"blk.0.{n}", (16, 1536 if n == "ffn_down" else 576)) for n in
+                        ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+    assert len(seen) == 30 * 7
+    copies = {n: (lambda name, X: X.copy()) for n in model.linear_names()}  # one GEMM per linear
+    assert_close(model.logits(ids, hooks=copies), before, atol=1e-5, name="copied inputs")
+
+
+def test_hooks_replace_input(model):
+    from minq.models import DenseWeight
+
+    ids = _prompt_ids(model, 12)
+    zeros = lambda name, X: np.zeros_like(X)                        # noqa: E731
+    for name in ("blk.3.ffn_down", "blk.3.attn_q"):                  # alone, and in the q/k/v group
+        W0 = DenseWeight(np.zeros(model.weights[name].shape, np.float32))
+        assert_close(model.logits(ids, hooks={name: zeros}), model.with_weights({name: W0}).logits(ids),
+                     atol=1e-5, name=f"zero input of {name} vs zero weight")
+    # activation quantization, simulated: every linear of block 0 reads its input rounded to 1/8
+    x = model.embed(ids)
+    fq = lambda name, X: np.round(X * 8) / 8                         # noqa: E731
+    y, y0 = model.run_block(0, x, hooks={n: fq for n in model.block_linear_names(0)}), model.run_block(0, x)
+    assert np.isfinite(y).all() and 0 < np.abs(y - y0).max() < 0.5 * np.abs(y0).max()
+
+
+def test_hooks_bad(model):
+    ids = [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown linears.*blk.99.attn_q"):
+        model.logits(ids, hooks={"blk.99.attn_q": lambda n, X: None})
+    with pytest.raises(TypeError, match=r"hooks\['blk.0.attn_q'\] must be callable"):
+        model.logits(ids, hooks={"blk.0.attn_q": 3})
+    with pytest.raises(TypeError, match="hooks must be a dict"):
+        model.logits(ids, hooks=[lambda n, X: None])
+    with pytest.raises(ValueError, match="hook for 'blk.0.attn_k' returned shape"):
+        model.logits(ids, hooks={"blk.0.attn_k": lambda n, X: X[:, :10]})
+
+    def write(name, X):
+        X[0, 0] = 1.0
+
+    with pytest.raises(ValueError, match="read-only"):
+        model.logits(ids, hooks={"blk.0.ffn_up": write})
+    with pytest.raises(ValueError, match="unknown linears"):
+        model.capture_inputs(ids, ["blk.0.attn_qq"])
+    with pytest.raises(ValueError, match="at least one"):
+        model.capture_inputs(ids, [])
+    x = model.embed(ids)
+    for i in (-1, 30, 1.0, True):
+        with pytest.raises(ValueError, match="block index"):
+            model.run_block(i, x)
+    with pytest.raises(ValueError, match="block index"):
+        model.block_linear_names(30)
+    for bad in (x[:, :10], x[:0], x[None, None]):
+        with pytest.raises(ValueError, match=r"x must be \[T, 576\]"):
+            model.run_block(0, bad)
+    with pytest.raises(ValueError, match="context length"):
+        model.run_block(0, np.zeros((8193, 576), np.float32))
+
+
+def test_weights_are_views_of_stacked_arrays(model):
+    """from_gguf holds each weight once: the per-name weights are views of the arrays the forward uses."""
+    from minq.models import DenseWeight
+
+    qkv = model._W[("blk.0.attn_q", "blk.0.attn_k", "blk.0.attn_v")]
+    assert qkv.shape == (576 + 2 * 192, 576)
+    assert np.shares_memory(qkv, model.weights["blk.0.attn_k"].dequantize())
+    gu = ("blk.0.ffn_gate", "blk.0.ffn_up")
+    same = model.with_weights({"blk.0.ffn_up": model.weights["blk.0.ffn_up"]})
+    assert same._W[gu] is model._W[gu]                              # the same views: no copy
+    q = model.with_weights({"blk.0.ffn_up": DenseWeight(model.weights["blk.0.ffn_up"].dequantize())})
+    assert q._W[gu] is not model._W[gu] and not np.shares_memory(q._W[gu], model._W[gu])
+    assert_equal(q._W[gu], model._W[gu])                            # restacked: [gate; up]
+    assert q._W[("blk.0.ffn_down",)] is model._W[("blk.0.ffn_down",)]  # unchanged groups are shared
+    W = np.ones((4, 3), np.float32)
+    w = DenseWeight(W, copy=False)
+    assert np.shares_memory(w.dequantize(), W) and not w.dequantize().flags.writeable and W.flags.writeable
+    with pytest.raises(ValueError, match="copy=False"):
+        DenseWeight(np.ones((4, 3)), copy=False)
+
+
+def test_rope_kernel_equals_numpy_rope(rng, monkeypatch):
+    """The forward's RoPE (Numba kernel, strided in and out) is the NumPy ``rope`` times a scale, bit for bit."""
+    from minq._jit import py_func
+    from minq.models.llama import _rope_kernel, _rope_to, rope, rope_tables
+
+    x = rng.standard_normal((2, 5, 3, 4, 16)).astype(np.float32)[:, :, :, 1:]   # [B, T, H, G, hd], strided
+    cos, sin = rope_tables(np.arange(7, 12), 16, 10000.0)
+    want = rope(x, cos[:, None, None], sin[:, None, None]) * np.float32(0.125)
+    for kernel in (_rope_kernel, py_func(_rope_kernel)):
+        out = np.empty((2, 3, 5, 3, 16), np.float32).transpose(0, 2, 1, 3, 4)   # a transposed view
+        kernel(x, cos, sin, np.float32(0.125), out)
+        assert_equal(out, want, name=str(kernel))
+    for jit in (True, False):                                        # NUMBA_DISABLE_JIT=1: the NumPy rope
+        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
+        out = np.empty(x.shape, np.float32)
+        _rope_to(x, cos, sin, out, scale=0.125)
+        assert_equal(out, want, name=f"jit={jit}")
+    # rope rotates pairs: norms of (x[i], x[i + hd/2]) are kept
+    r = rope(x, cos[:, None, None], sin[:, None, None])
+    assert_close(r[..., :8] ** 2 + r[..., 8:] ** 2, x[..., :8] ** 2 + x[..., 8:] ** 2, atol=1e-5)

@@ -21,6 +21,30 @@ dequantized once, when the model is built, and the forward runs float32 BLAS mat
 
 KV cache: ``KVCache`` holds the keys/values of the tokens seen so far; ``model.logits(chunk, cache=c)``
 continues from them, and equals the full forward on the concatenated ids (tests/test_llama.py).
+
+Calibration (what PTQ, GPTQ and AWQ build on, without knowing Llama): every linear of the forward
+runs through ``model._linear``, which calls *hooks* ``{name: fn}`` on its input::
+
+    fn(name: str, X: float32 [tokens, in], read-only) -> None | replacement X' [tokens, in]
+
+``tokens`` is ``B * T`` for ids ``[B, T]``. Returning ``None`` only observes (statistics, Hessians
+``X^T X``); returning an array feeds that linear ``X'`` instead (simulated activation quantization).
+Hooks are a keyword of ``logits``, ``run_block`` and ``block``. On top of them:
+
+    model.capture_inputs(ids, names) -> {name: X [tokens, in]}        inputs of the chosen linears
+    x = model.embed(ids)                        # [T, d] or [B, T, d]
+    x = model.run_block(i, x, hooks=...)        # block i, positions 0 .. T-1
+    logits = model.head(x)                      # equals model.logits(ids)
+    model.block_linear_names(i)                 # ["blk.i.attn_q", ..., "blk.i.ffn_down"]
+
+so a method can quantize block ``i`` from the outputs of the already quantized blocks before it.
+
+Speed (``benchmarks/bench_forward.py``, against transformers on torch CPU): the linears that read the
+same input run as one GEMM on their row-stacked weights (``[Wq; Wk; Wv]``, ``[Wgate; Wup]``; see
+``GROUPS``); attention runs per KV head as 2-D GEMMs ``[t·g, hd] x [hd, S]`` for tiles of ``t`` query
+positions, skipping the keys a tile cannot see, and normalises the softmax after the ``· V`` product;
+RoPE runs as a Numba kernel (``_rope_kernel``, equal bit for bit to the NumPy ``rope``) that writes q
+and k straight into the layout attention reads.
 """
 
 from __future__ import annotations
@@ -29,12 +53,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LlamaConfig", "DenseWeight", "KVCache", "LlamaModel", "rms_norm", "rope", "LINEARS"]
+from minq._jit import JIT_ENABLED, njit
+
+__all__ = ["LlamaConfig", "DenseWeight", "KVCache", "LlamaModel", "rms_norm", "rope", "LINEARS", "GROUPS"]
 
 # The linears of one block, in the order the forward uses them.
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
+# The same linears grouped by the input they read: each group is one GEMM on its row-stacked weights.
+GROUPS = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
+# Query positions per attention tile: bounds the scores to [tile * g, S] (cache-sized for 64) and
+# skips the keys the tile cannot see.
+QUERY_TILE = 64
 @dataclass(frozen=True)
 class LlamaConfig:
     vocab_size: int
@@ -72,11 +101,18 @@ class LlamaConfig:
 class DenseWeight:
     """A float32 weight ``W [out, in]`` in the quantized-weight protocol (32 bits per weight).
 
-    ``dequantize()`` returns the stored array itself (read-only), not a copy.
+    ``dequantize()`` returns the stored array itself (read-only), not a copy. ``copy=False`` stores a
+    read-only view of a float32 C-contiguous ``W`` instead of a copy (``from_gguf`` uses it so that the
+    weights are views of the row-stacked arrays the forward multiplies with, held once in memory).
     """
 
-    def __init__(self, W):
-        W = np.array(W, dtype=np.float32, order="C")  # own copy, so freezing it touches no caller array
+    def __init__(self, W, *, copy: bool = True):
+        if copy:
+            W = np.array(W, dtype=np.float32, order="C")  # own copy: freezing it touches no caller array
+        elif not (isinstance(W, np.ndarray) and W.dtype == np.float32 and W.flags.c_contiguous):
+            raise ValueError("DenseWeight(W, copy=False) needs a float32 C-contiguous array W")
+        else:
+            W = W.view()                                   # freezing the view leaves W itself alone
         if W.ndim != 2:
             raise ValueError(f"W must be 2-D [out, in], got shape {W.shape}")
         W.setflags(write=False)
@@ -145,8 +181,10 @@ class KVCache:
 
 def rms_norm(x, gamma, eps: float):
     """``x [..., d] -> x / sqrt(mean(x^2) + eps) * gamma`` (float32)."""
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    return x / np.sqrt(ms + np.float32(eps)) * gamma
+    ms = np.mean(x * x, axis=-1, keepdims=True)                                    # [..., 1]
+    y = x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))
+    y *= gamma
+    return y
 
 
 def rope_tables(positions, head_dim: int, theta: float):
@@ -157,26 +195,96 @@ def rope_tables(positions, head_dim: int, theta: float):
 
 
 def rope(x, cos, sin):
-    """Rotate the half-split pairs ``(x[i], x[i + hd/2])`` of ``x [..., T, hd]`` by the angles of ``cos, sin [T, hd/2]``."""
+    """Rotate the half-split pairs ``(x[i], x[i + hd/2])`` of ``x [..., T, hd]`` by the angles of ``cos, sin [T, hd/2]``.
+
+    ``cos, sin`` may be any shape that broadcasts against ``x[..., :hd/2]`` (``cos[:, None]`` for
+    ``x [..., T, heads, hd]``). Returns a new C-contiguous float32 array of ``x``'s shape, so a
+    transposed view ``x`` yields the rotated values in that transposed layout.
+    """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = np.empty(x.shape, np.float32)
+    o1, o2 = out[..., :half], out[..., half:]
+    np.multiply(x1, cos, out=o1)
+    o1 -= x2 * sin                                                                  # x1 cos - x2 sin
+    np.multiply(x2, cos, out=o2)
+    o2 += x1 * sin                                                                  # x2 cos + x1 sin
+    return out
 
 
-def _silu_(x):
-    """``x * sigmoid(x)``, in place (x is a fresh matmul output)."""
-    e = np.exp(-x)
-    e += np.float32(1.0)
-    x /= e
-    return x
+def _rope_to(x, cos, sin, out, scale=1.0):
+    """``out[...] = rope(x) * scale`` for ``x, out [B, T, H, G, hd]`` (any strides), ``cos, sin [T, hd/2]``.
+
+    The Numba kernel when JIT is on (one pass, no temporaries), else the NumPy ``rope``: the same
+    float32 operations in the same order, so the two agree bit for bit (tests/test_llama.py).
+    """
+    if JIT_ENABLED:
+        _rope_kernel(x, cos, sin, np.float32(scale), out)
+    else:
+        out[...] = rope(x, cos[:, None, None], sin[:, None, None]) * np.float32(scale)
+
+
+@njit
+def _rope_kernel(x, cos, sin, scale, out):
+    B, T, H, G, hd = x.shape
+    half = hd // 2
+    for b in range(B):
+        for t in range(T):
+            for h in range(H):
+                for j in range(G):
+                    for i in range(half):
+                        x1, x2 = x[b, t, h, j, i], x[b, t, h, j, i + half]
+                        out[b, t, h, j, i] = (x1 * cos[t, i] - x2 * sin[t, i]) * scale
+                        out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
+
+
+def _swiglu(gate, up):
+    """``silu(gate) * up = gate / (1 + exp(-gate)) * up`` as a new C-contiguous float32 array.
+
+    ``gate, up`` may be strided views (the halves of the fused gate/up GEMM output); the temporary is
+    contiguous, where numpy's exp is vectorised.
+    """
+    m = np.negative(gate)
+    np.exp(m, out=m)
+    m += np.float32(1.0)
+    np.divide(gate, m, out=m)
+    m *= up
+    return m
 
 
 def _softmax_(s):
-    """Softmax over the last axis, in place."""
+    """Softmax over the last axis, in place (used by ``minq.models.bert``)."""
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
     return s
+
+
+def _attend(q, k, v):
+    """Causal attention of the last ``t`` positions of a sequence to all ``S`` of its positions.
+
+    ``q [t, g, hd]``: the ``g`` query heads that share ``k, v [S, hd]``, already scaled by
+    ``1/sqrt(hd)``; query ``r`` sits at position ``S - t + r`` and sees keys ``0 .. S - t + r``.
+    Returns ``softmax(q k^T + mask) v`` as ``[t, g, hd]`` float32.
+    """
+    t, g, hd = q.shape
+    S = k.shape[0]
+    s = (q.reshape(t * g, hd) @ k.T).reshape(t, g, S)                     # scores [t, g, S], one GEMM
+    after = np.arange(t)[None, :] > np.arange(t)[:, None]                 # key after query: [t, t]
+    np.copyto(s[:, :, S - t:], -np.inf, where=after[:, None, :])          # only the last t keys mask
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)                                                       # unnormalised softmax
+    o = s.reshape(t * g, S) @ v                                            # [t g, hd]
+    o /= s.sum(axis=-1).reshape(t * g, 1)                                  # normalise the t g rows only
+    return o.reshape(t, g, hd)
+
+
+def _linear_shape(c: LlamaConfig, linear: str) -> tuple:
+    """``(out, in)`` of the linear ``linear`` (``attn_q``, ..., ``ffn_down``) of a block."""
+    kv = c.n_kv_heads * c.head_dim
+    return {"attn_q": (c.dim, c.dim), "attn_k": (kv, c.dim), "attn_v": (kv, c.dim),
+            "attn_output": (c.dim, c.dim), "ffn_gate": (c.hidden_dim, c.dim),
+            "ffn_up": (c.hidden_dim, c.dim), "ffn_down": (c.dim, c.hidden_dim)}[linear]
 
 
 class LlamaModel:
@@ -188,7 +296,7 @@ class LlamaModel:
     """
 
     def __init__(self, config: LlamaConfig, weights: dict, norms: dict, embedding, *, output=None,
-                 tokenizer=None, _dense=None):
+                 tokenizer=None, _stacked=None):
         self.config = config
         self.tokenizer = tokenizer
         self.norms = norms
@@ -199,11 +307,15 @@ class LlamaModel:
             raise ValueError(f"weights must hold exactly the linears {names[:7]}...; missing "
                              f"{sorted(set(names) - set(weights))[:5]}, unknown {sorted(set(weights) - set(names))[:5]}")
         self.weights = dict(weights)
-        dense = dict(_dense or {})
-        for name in names:  # dequantize once; reuse what an unchanged weight object already produced
-            if name not in dense:
-                dense[name] = _dense_of(self.weights[name], name, self._expected_shape(name))
-        self._dense = dense
+        # {(name, ...): float32 [sum of out, in]}: the dense weights of each group of GROUPS, row-stacked.
+        # Each weight is dequantized once, here; groups of an unchanged model are shared (with_weights).
+        self._W = dict(_stacked or {})
+        for i in range(config.n_layers):
+            for group in GROUPS:
+                key = tuple(f"blk.{i}.{n}" for n in group)
+                if key not in self._W:
+                    self._W[key] = _stack_rows([_dense_of(self.weights[n], n, self._expected_shape(n))
+                                                for n in key])
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -217,8 +329,19 @@ class LlamaModel:
         cfg = LlamaConfig.from_gguf_metadata(g.metadata)
         t = g.tensors
         try:
-            weights = {f"blk.{i}.{n}": DenseWeight(t.pop(f"blk.{i}.{n}.weight"))
-                       for i in range(cfg.n_layers) for n in LINEARS}
+            weights = {}
+            for i in range(cfg.n_layers):
+                for group in GROUPS:  # one row-stacked array per group; the weights are views of it
+                    parts = [t.pop(f"blk.{i}.{n}.weight") for n in group]
+                    for n, P in zip(group, parts):
+                        if P.shape != _linear_shape(cfg, n):
+                            raise ValueError(f"{path}: tensor 'blk.{i}.{n}.weight' has shape {P.shape}, "
+                                             f"expected {_linear_shape(cfg, n)}")
+                    W = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+                    W.setflags(write=False)
+                    rows = np.cumsum([0] + [len(P) for P in parts])
+                    for n, a, b in zip(group, rows, rows[1:]):
+                        weights[f"blk.{i}.{n}"] = DenseWeight(W[a:b], copy=False)
             norms = {f"blk.{i}.{n}": t.pop(f"blk.{i}.{n}.weight")
                      for i in range(cfg.n_layers) for n in ("attn_norm", "ffn_norm")}
             norms["output_norm"] = t.pop("output_norm.weight")
@@ -233,12 +356,13 @@ class LlamaModel:
         """Names of every linear weight, block by block: ``blk.0.attn_q``, ..., ``blk.{L-1}.ffn_down``."""
         return [f"blk.{i}.{n}" for i in range(self.config.n_layers) for n in LINEARS]
 
+    def block_linear_names(self, i: int) -> list[str]:
+        """Names of the linears of block ``i``, in forward order: ``blk.{i}.attn_q``, ..., ``blk.{i}.ffn_down``."""
+        self._check_block(i)
+        return [f"blk.{i}.{n}" for n in LINEARS]
+
     def _expected_shape(self, name: str) -> tuple:
-        c, kv = self.config, self.config.n_kv_heads * self.config.head_dim
-        out_in = {"attn_q": (c.dim, c.dim), "attn_k": (kv, c.dim), "attn_v": (kv, c.dim),
-                  "attn_output": (c.dim, c.dim), "ffn_gate": (c.hidden_dim, c.dim),
-                  "ffn_up": (c.hidden_dim, c.dim), "ffn_down": (c.dim, c.hidden_dim)}
-        return out_in[name.split(".")[-1]]
+        return _linear_shape(self.config, name.split(".")[-1])
 
     def with_weights(self, new: dict) -> LlamaModel:
         """A new model whose weights ``new`` ({name: weight object}) replace the named ones; the others,
@@ -249,9 +373,9 @@ class LlamaModel:
         unknown = sorted(set(new) - set(self.weights))
         if unknown:
             raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
-        dense = {n: a for n, a in self._dense.items() if n not in new}
+        unchanged = {key: W for key, W in self._W.items() if not set(key) & set(new)}
         return LlamaModel(self.config, {**self.weights, **new}, self.norms, self.embedding,
-                          output=self.output, tokenizer=self.tokenizer, _dense=dense)
+                          output=self.output, tokenizer=self.tokenizer, _stacked=unchanged)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
@@ -261,7 +385,7 @@ class LlamaModel:
         """Bytes of the linear weights as stored by their weight objects."""
         return sum(w.nbytes for w in self.weights.values())
 
-    # --- forward ------------------------------------------------------------------------------------
+    # --- checks -------------------------------------------------------------------------------------
 
     def _check_ids(self, ids, cache):
         ids = np.asarray(ids)
@@ -278,62 +402,178 @@ class LlamaModel:
                              f" + {start} cached) exceeds the context length {self.config.context_length}")
         return ids.astype(np.int64), start
 
+    def _check_block(self, i):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.config.n_layers:
+            raise ValueError(f"block index i must be an int in [0, {self.config.n_layers}), got {i!r}")
+
+    def _check_hooks(self, hooks):
+        if hooks is None:
+            return None
+        if not isinstance(hooks, dict):
+            raise TypeError(f"hooks must be a dict {{linear name: fn(name, X)}}, got {type(hooks).__name__}")
+        unknown = sorted(set(hooks) - set(self.weights))
+        if unknown:
+            raise ValueError(f"hooks name unknown linears {unknown[:5]}; see model.linear_names()")
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"hooks[{name!r}] must be callable fn(name, X), got {type(fn).__name__}")
+        return hooks
+
+    # --- forward ------------------------------------------------------------------------------------
+
+    def _linear(self, names: tuple, x, hooks=None):
+        """``x [..., in] -> x W^T [..., out]`` for the linears ``names`` (a group of ``GROUPS``) that read ``x``.
+
+        Several names give their outputs side by side (``[..., out_1 + out_2 + ...]``), from one GEMM
+        on the row-stacked weights. Each hook of ``hooks`` {name: fn} is called as ``fn(name, X)`` with
+        ``X = x`` as a read-only ``[tokens, in]`` view; an array it returns replaces the input of that
+        linear alone (then each linear of the group runs its own GEMM). Raises ValueError for a
+        replacement of another shape.
+        """
+        X = x.reshape(-1, x.shape[-1])                                              # [tokens, in]
+        W = self._W[names]                                                          # [out, in]
+        Xs = [X] * len(names)
+        if hooks:
+            X.flags.writeable = False  # a hook sees, and may keep, the input; it must not change it
+            for j, name in enumerate(names):
+                if name in hooks:
+                    r = hooks[name](name, X)
+                    if r is not None:
+                        Xs[j] = np.asarray(r, dtype=np.float32)
+                        if Xs[j].shape != X.shape:
+                            raise ValueError(f"hook for {name!r} returned shape {Xs[j].shape}, "
+                                             f"expected the input's {X.shape}")
+        if all(Xj is X for Xj in Xs):
+            Y = X @ W.T                                                             # one GEMM per group
+        else:
+            rows = np.cumsum([0] + [self._expected_shape(n)[0] for n in names])
+            Y = np.concatenate([Xj @ W[a:b].T for Xj, a, b in zip(Xs, rows, rows[1:])], axis=1)
+        return Y.reshape(*x.shape[:-1], W.shape[0])
+
     def embed(self, ids):
-        """``ids [B, T] -> x [B, T, d]``."""
+        """``ids [T] or [B, T] -> x float32 [T, d] or [B, T, d]``, the input of block 0 (ids checked as in ``logits``)."""
+        ids, _ = self._check_ids(ids, None)
         return self.embedding[ids]
 
-    def block(self, i: int, x, cos, sin, cache=None):
-        """Decoder block ``i``: ``x [B, T, d] -> [B, T, d]`` at the positions of ``cos, sin [T, hd/2]``."""
-        c, W = self.config, self._dense
+    def block(self, i: int, x, cos, sin, cache=None, hooks=None):
+        """Decoder block ``i``: ``x [B, T, d] -> [B, T, d]`` at the positions of ``cos, sin [T, hd/2]``.
+
+        Without ``cache`` those positions are ``0 .. T-1``; with it, ``cache.length ...`` and the
+        block's keys and values are appended to it. ``hooks``: see ``_linear``.
+        """
+        c = self.config
         B, T, d = x.shape
         hd, nh, nkv = c.head_dim, c.n_heads, c.n_kv_heads
+        g, kv = nh // nkv, nkv * hd                        # queries per KV head, width of k and v
         p = f"blk.{i}."
 
         h = rms_norm(x, self.norms[p + "attn_norm"], c.norm_eps)                    # [B, T, d]
-        q = (h @ W[p + "attn_q"].T).reshape(B, T, nh, hd).transpose(0, 2, 1, 3)      # [B, nh, T, hd]
-        k = (h @ W[p + "attn_k"].T).reshape(B, T, nkv, hd).transpose(0, 2, 1, 3)     # [B, nkv, T, hd]
-        v = (h @ W[p + "attn_v"].T).reshape(B, T, nkv, hd).transpose(0, 2, 1, 3)     # [B, nkv, T, hd]
-        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        qkv = self._linear((p + "attn_q", p + "attn_k", p + "attn_v"), h, hooks)     # [B, T, d + 2 kv]
+        # RoPE writes q and k in the layout attention reads: the g queries of KV head j token-major.
+        q = np.empty((B, nkv, T, g, hd), np.float32)
+        _rope_to(qkv[..., :d].reshape(B, T, nkv, g, hd), cos, sin, q.transpose(0, 2, 1, 3, 4),
+                 scale=1.0 / np.sqrt(hd))                                           # q / sqrt(hd)
+        k = np.empty((B, nkv, T, hd), np.float32)
+        _rope_to(qkv[..., d:d + kv].reshape(B, T, nkv, 1, hd), cos, sin, k.transpose(0, 2, 1, 3)[:, :, :, None])
+        v = qkv[..., d + kv:].reshape(B, T, nkv, hd).transpose(0, 2, 1, 3)          # [B, nkv, T, hd]
         if cache is not None:
             k, v = cache.update(i, k, v)                                             # [B, nkv, S, hd]
-        S = k.shape[2]
-        q = q.reshape(B, nkv, nh // nkv, T, hd)                   # queries grouped by their KV head
-        s = q @ k[:, :, None].swapaxes(-1, -2)                                       # [B, nkv, g, T, S]
-        s *= np.float32(1.0 / np.sqrt(hd))
-        # causal mask: query t (absolute position S - T + t) sees keys 0 .. S - T + t
-        s[..., np.arange(S)[None, :] > (S - T + np.arange(T))[:, None]] = -np.inf  # mask [T, S]
-        a = _softmax_(s) @ v[:, :, None]                                             # [B, nkv, g, T, hd]
-        a = a.reshape(B, nh, T, hd).transpose(0, 2, 1, 3).reshape(B, T, d)           # [B, T, d]
-        x = x + a @ W[p + "attn_output"].T
+        start = k.shape[2] - T                                                       # positions cached before
+        a = np.empty((B, T, nkv, g * hd), np.float32)         # = [B, T, d], heads in Wo's input order
+        for b in range(B):
+            for j in range(nkv):
+                for t0 in range(0, T, QUERY_TILE):            # tile: queries t0 .. t1-1 see keys < start + t1
+                    t1 = min(t0 + QUERY_TILE, T)
+                    o = _attend(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1])  # [t, g, hd]
+                    a[b, t0:t1, j] = o.reshape(t1 - t0, g * hd)
+        x = x + self._linear((p + "attn_output",), a.reshape(B, T, d), hooks)
 
         h = rms_norm(x, self.norms[p + "ffn_norm"], c.norm_eps)
-        m = _silu_(h @ W[p + "ffn_gate"].T)                                          # [B, T, hidden]
-        m *= h @ W[p + "ffn_up"].T
-        return x + m @ W[p + "ffn_down"].T                                           # [B, T, d]
+        gu = self._linear((p + "ffn_gate", p + "ffn_up"), h, hooks)                 # [B, T, 2 hidden]
+        m = _swiglu(gu[..., :c.hidden_dim], gu[..., c.hidden_dim:])                 # [B, T, hidden]
+        x += self._linear((p + "ffn_down",), m, hooks)                               # x is ours: in place
+        return x                                                                     # [B, T, d]
+
+    def run_block(self, i: int, x, *, hooks=None):
+        """Block ``i`` on a full window: ``x [T, d] or [B, T, d] -> same shape``, positions ``0 .. T-1``.
+
+        ``head(run_block(L-1, ... run_block(0, embed(ids))))`` equals ``logits(ids)``. ``x`` is not
+        modified. Raises ValueError for a bad block index, a bad ``x`` shape or unknown hook names.
+        """
+        self._check_block(i)
+        hooks = self._check_hooks(hooks)
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim not in (2, 3) or x.shape[-1] != self.config.dim or x.shape[-2] == 0:
+            raise ValueError(f"x must be [T, {self.config.dim}] or [B, T, {self.config.dim}] with T > 0, "
+                             f"got shape {x.shape}")
+        if x.shape[-2] > self.config.context_length:
+            raise ValueError(f"x of {x.shape[-2]} positions exceeds the context length {self.config.context_length}")
+        cos, sin = rope_tables(np.arange(x.shape[-2]), self.config.head_dim, self.config.rope_theta)
+        y = self.block(i, x if x.ndim == 3 else x[None], cos, sin, None, hooks)
+        return y if x.ndim == 3 else y[0]
 
     def head(self, x):
-        """``x [B, T, d] -> logits [B, T, vocab]``."""
+        """``x [..., d] -> logits [..., vocab]``: the final RMSNorm and the output projection."""
         x = rms_norm(x, self.norms["output_norm"], self.config.norm_eps)
         E = self.embedding if self.output is None else self.output
         return x @ E.T
 
-    def logits(self, ids, cache: KVCache | None = None):
+    def logits(self, ids, cache: KVCache | None = None, *, last_only: bool = False, hooks=None):
         """Next-token logits, float32 ``[T, vocab]`` for ``ids [T]`` or ``[B, T, vocab]`` for ``ids [B, T]``.
 
         With ``cache``, ``ids`` continue the cached sequence (positions ``cache.length ...``) and the
-        cache is extended. Raises TypeError for non-integer ids, ValueError for empty ids, ids outside
-        ``[0, vocab_size)`` or a sequence longer than the context length.
+        cache is extended. ``last_only=True`` computes the logits of the last position only (shape
+        ``[1, vocab]`` / ``[B, 1, vocab]``), as generation needs. ``hooks``: see the module docstring.
+        Raises TypeError for non-integer ids, ValueError for empty ids, ids outside ``[0, vocab_size)``,
+        a sequence longer than the context length or hooks naming unknown linears.
         """
         ids, start = self._check_ids(ids, cache)
+        hooks = self._check_hooks(hooks)
         squeeze = ids.ndim == 1
         ids = ids[None] if squeeze else ids                                           # [B, T]
         T = ids.shape[1]
         cos, sin = rope_tables(np.arange(start, start + T), self.config.head_dim, self.config.rope_theta)
-        x = self.embed(ids)                                                           # [B, T, d]
+        x = self.embedding[ids]                                                       # [B, T, d]
         for i in range(self.config.n_layers):
-            x = self.block(i, x, cos, sin, cache)
-        out = self.head(x)                                                            # [B, T, vocab]
+            x = self.block(i, x, cos, sin, cache, hooks)
+        out = self.head(x[:, -1:] if last_only else x)                                # [B, T or 1, vocab]
         return out[0] if squeeze else out
+
+    def capture_inputs(self, ids, names) -> dict:
+        """The inputs of the linears ``names`` in the forward of ``ids``: ``{name: X float32 [tokens, in]}``.
+
+        ``tokens`` is ``T`` for ids ``[T]`` and ``B * T`` (window after window) for ``[B, T]``. The
+        arrays are read-only (linears that share an input return the same array). The forward stops
+        after the last block it needs. Raises ValueError for unknown names, and as ``logits`` for bad ids.
+        """
+        names = list(names)
+        if not names:
+            raise ValueError("names must name at least one linear; see model.linear_names()")
+        X = {}
+
+        def keep(name, X_in):
+            X[name] = X_in
+
+        hooks = self._check_hooks({n: keep for n in names})
+        ids, _ = self._check_ids(ids, None)
+        x = self.embedding[ids if ids.ndim == 2 else ids[None]]                       # [B, T, d]
+        cos, sin = rope_tables(np.arange(x.shape[1]), self.config.head_dim, self.config.rope_theta)
+        for i in range(1 + max(int(n.split(".")[1]) for n in names)):
+            x = self.block(i, x, cos, sin, None, hooks)
+        return {n: X[n] for n in names}
+
+
+def _stack_rows(arrays):
+    """``[W_1; W_2; ...]``, the float32 ``W_i [out_i, in]`` stacked along the rows — without a copy when
+    they already are consecutive row blocks of one C-contiguous array (as ``from_gguf`` builds them)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    base, ptr = arrays[0].base, (lambda a: a.__array_interface__["data"][0])
+    if (isinstance(base, np.ndarray) and base.dtype == np.float32 and base.flags.c_contiguous
+            and base.shape == (sum(len(a) for a in arrays), arrays[0].shape[1]) and ptr(arrays[0]) == ptr(base)
+            and all(b.base is base and ptr(b) == ptr(a) + a.nbytes for a, b in zip(arrays, arrays[1:]))):
+        return base
+    return np.concatenate(arrays)
 
 
 def _dense_of(w, name, shape):
