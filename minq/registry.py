@@ -71,10 +71,23 @@ def register_family(pattern: str, builder: Callable, example: str) -> None:
     _FAMILIES.append((re.compile(pattern), builder, example))
 
 
+# Chapter modules that register scheme families when imported (imported on first lookup, so that
+# ``import minq`` stays light and a method module can import the registry without a cycle).
+METHOD_MODULES: tuple[str, ...] = ()
+
+
+def _load_methods() -> None:
+    import importlib
+
+    for mod in METHOD_MODULES:
+        importlib.import_module(mod)
+
+
 def get(name: str) -> Scheme:
     """The scheme called ``name``; ValueError listing the known names and patterns otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"scheme must be a str, got {type(name).__name__}")
+    _load_methods()
     for pat, builder, _ in _FAMILIES:
         m = pat.fullmatch(name)
         if m:
