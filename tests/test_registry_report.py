@@ -35,7 +35,7 @@ def test_every_default_scheme_round_trips_through_the_registry(rng):
         assert Wq.shape == W.shape and Wq.dequantize().dtype == np.float32
 
 
-@pytest.mark.parametrize("bad", ["rtn-w9", "rtn-w0", "rtn-w1-sym", "rtn-w4g0", "gptq-w4", "rtn-w4g", ""])
+@pytest.mark.parametrize("bad", ["rtn-w9", "rtn-w0", "rtn-w1-sym", "rtn-w4g0", "gptq-w9", "rtn-w4g", "awq-w4", ""])
 def test_unknown_or_invalid_scheme_names(bad):
     with pytest.raises(ValueError, match="scheme"):
         registry.get(bad)

@@ -377,6 +377,26 @@ class LlamaModel:
         return LlamaModel(self.config, {**self.weights, **new}, self.norms, self.embedding,
                           output=self.output, tokenizer=self.tokenizer, _stacked=unchanged)
 
+    def with_norms(self, new: dict) -> LlamaModel:
+        """A new model whose RMSNorm gammas ``new`` ({name: float32 [d]}, names of ``model.norms``) replace
+        the named ones; everything else is shared. ``self`` is left unchanged (SmoothQuant folds its
+        scales into the gammas with it).
+
+        Raises ValueError naming unknown norm names, a gamma of the wrong shape or a non-finite one.
+        """
+        unknown = sorted(set(new) - set(self.norms))
+        if unknown:
+            raise ValueError(f"unknown norm names {unknown[:5]}; see model.norms")
+        norms = dict(self.norms)
+        for name, g in new.items():
+            g = np.array(g, dtype=np.float32)
+            if g.shape != (self.config.dim,) or not np.isfinite(g).all():
+                raise ValueError(f"norm {name!r} must be a finite float32 [{self.config.dim}], got shape {g.shape}")
+            g.setflags(write=False)
+            norms[name] = g
+        return LlamaModel(self.config, self.weights, norms, self.embedding, output=self.output,
+                          tokenizer=self.tokenizer, _stacked=self._W)
+
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
 

@@ -1,0 +1,472 @@
+"""Chapter 06 — GPTQ: quantize a weight column by column, and let the later columns absorb the error.
+
+A linear layer ``y = W x`` sees calibration inputs ``X [tokens, in]``. GPTQ (Frantar et al., "GPTQ:
+Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023) minimises
+the layer's output error, row by row, with the Hessian of that squared error:
+
+    || (W - W_hat) X^T ||^2_F = tr(dW H dW^T) / 2      H = (2/n) sum_tokens x x^T    [in, in]
+
+It is OBQ (Optimal Brain Quantization) made fast. OBQ quantizes one weight ``w_j`` of a row and
+moves the remaining weights by the optimal compensation ``-(w_j - q_j) / [H^-1]_jj * H^-1[j, :]``,
+then removes ``j`` from ``H^-1``. GPTQ's three tricks:
+
+1. **one order for all rows** (left to right, or by descending ``diag(H)`` with ``act_order``): every
+   row shares the same sequence of ``H^-1`` updates, so they are computed once;
+2. **the upper Cholesky factor** ``U`` of ``H^-1 = U^T U`` holds, in row ``j``, exactly the update
+   ``H^-1[j, j:] / sqrt([H^-1]_jj)`` after the columns before ``j`` are removed: no inverse updates;
+3. **lazy batches**: the error of a block of ``block_size`` columns is applied to the columns after
+   the block in one GEMM ``W[:, i2:] -= Err @ U[i1:i2, i2:]``; inside the block, rank-1 updates.
+
+The column loop (``err = (w_j - q_j) / U_jj;  W[:, k] -= err * U[j, k]  for k > j``) is written
+readably in NumPy (``impl="numpy"``), as a Numba kernel parallel over rows (``impl="numba"``, the
+default; tests prove the two equal bit for bit), and in torch for torch tensors (any device).
+
+Faithful to the reference code (IST-DASLab/gptq ``fasterquant``): dead inputs (``diag(H) == 0`` ->
+``H_ii = 1``, ``W[:, i] = 0``), damping ``lambda = damp * mean(diag(H))`` added after act-order,
+dynamic group parameters computed when a group starts from the outer, error-updated ``W`` — which
+lacks the updates of the current block (the *stale* parameters of gptq_awq.md §5.3; ``group_params=
+"fresh"`` starts a new block at each group instead), static groups (``static_groups``: parameters
+of the original groups of ``W``, computed before any update), a ragged last group when ``group_size``
+does not divide ``in``. minq's choices: the quantizer is chapter 02's min-max ``choose_qparams`` /
+``quantize`` (asymmetric: the range includes 0, as the reference; symmetric: minq's
+``s = max|w| / (2^(b-1) - 1)``, which never clips the largest weight — the reference's ``sym`` clips
+rows without negative values to 7/15 of their max); per-channel parameters are computed after dead
+columns are zeroed; the inverse factor is computed in float64, the loop in float32; a Cholesky
+failure raises ValueError (raise ``damp``) rather than silently changing the damping.
+
+Exact properties (tests/test_gptq.py): a diagonal H gives exactly RTN; ``4 H`` gives identical
+codes; the per-column losses ``(w_j - q_j)^2 / (2 U_jj^2)`` sum to ``tr(dW (H + lambda I) dW^T) / 2``;
+dead inputs give zero columns; the blocked loop equals the unblocked one per channel.
+
+Notebook: ``notebooks/06_gptq.ipynb``. Model level (sequential over decoder blocks, the ``gptq-*``
+schemes): ``minq.gptq_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from math import gcd
+
+import numpy as np
+
+from minq import affine
+from minq._backend import is_torch
+from minq._checks import check_bits, check_choice, check_float_array
+from minq._jit import njit, prange
+from minq.groups import GroupedAffine
+
+__all__ = ["Hessian", "gptq_quantize", "GPTQWeight", "inverse_cholesky", "IMPLS"]
+
+IMPLS = ("numba", "numpy", "torch")
+GROUP_PARAMS = ("stale", "fresh")
+
+
+class Hessian:
+    """Running mean ``H = (2/n) sum_b X_b^T X_b`` over ``n`` calibration sequences (float32 [in, in]).
+
+    ``add_batch(X)``: ``X [seq, in]`` is one sequence, ``[b, seq, in]`` is ``b`` of them (the
+    reference's ``add_batch``: ``H *= n / (n + b); n += b; H += (2/n) X^T X``). Only a positive
+    factor separates this from the per-token mean; GPTQ's result does not depend on it.
+    """
+
+    def __init__(self, n_in: int):
+        if isinstance(n_in, bool) or not isinstance(n_in, (int, np.integer)) or n_in < 1:
+            raise ValueError(f"n_in must be an int >= 1, got {n_in!r}")
+        self.H = np.zeros((n_in, n_in), np.float32)
+        self.n = 0
+
+    def add_batch(self, X) -> None:
+        check_float_array(X, "X")
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim not in (2, 3) or X.shape[-1] != self.H.shape[0]:
+            raise ValueError(f"X must be [seq, {self.H.shape[0]}] or [b, seq, {self.H.shape[0]}], got {X.shape}")
+        b = 1 if X.ndim == 2 else X.shape[0]
+        X = X.reshape(-1, X.shape[-1])                                     # [b * seq, in]
+        self.H *= np.float32(self.n / (self.n + b))
+        self.n += b
+        X = np.float32(np.sqrt(2.0 / self.n)) * X
+        self.H += X.T @ X                                                  # [in, in]
+
+
+@dataclass(frozen=True)
+class GPTQWeight(GroupedAffine):
+    """The grouped affine container of chapter 03, plus what GPTQ adds.
+
+    perm: None, or int [in] when act-order reordered the groups (dynamic groups with ``act_order``):
+        codes and parameters are stored in the processing order, column ``k`` of the stored matrix is
+        input ``perm[k]`` (the exllama layout: a kernel permutes ``x`` instead of gathering groups).
+        ``dequantize()`` returns ``W_hat`` in the original column order either way.
+    losses: float64 [in], GPTQ's loss ``sum_rows (w_j - q_j)^2 / (2 U_jj^2)`` of each input column
+        (original order); ``losses.sum() = tr(dW (H + lambda I) dW^T) / 2``. Not part of the storage.
+    gptq_group_size: the group size GPTQ used. A ragged one (not dividing ``in``) is stored at the
+        granularity ``gcd(g, in)``, each group's parameters repeated (``group_size`` is that width).
+    """
+
+    perm: object = None
+    losses: object = None
+    gptq_group_size: object = None
+
+    @property
+    def nbytes(self) -> int:
+        perm = 0 if self.perm is None else 2 * self.shape[1]               # int16 indices
+        return super().nbytes + perm
+
+    def dequantize(self):
+        W_hat = super().dequantize()
+        if self.perm is None:
+            return W_hat
+        inv = _inverse_perm(self.perm)
+        return W_hat[:, inv]
+
+
+def _inverse_perm(perm):
+    if is_torch(perm):
+        import torch
+
+        return torch.argsort(perm)
+    return np.argsort(perm)
+
+
+def inverse_cholesky(H, damp: float = 0.01):
+    """``U`` upper triangular with ``U^T U = (H + lambda I)^-1``, ``lambda = damp * mean(diag H)``.
+
+    H float [n, n] symmetric positive semi-definite (dead inputs already fixed). Computed in float64
+    as the reference does: ``L = chol(H); H^-1 = L^-T L^-1; U = chol(H^-1)^T``. Returns (U float64, lambda).
+    Raises ValueError when ``H + lambda I`` is not positive definite.
+    """
+    H = np.array(H, dtype=np.float64)
+    lam = damp * float(np.mean(np.diag(H)))
+    H[np.diag_indices_from(H)] += lam
+    try:
+        with _single_threaded_lapack():
+            L = np.linalg.cholesky(H)                                      # H = L L^T
+            Linv = np.linalg.inv(L)
+            U = np.linalg.cholesky(Linv.T @ Linv).T                        # H^-1 = U^T U
+    except np.linalg.LinAlgError:
+        raise ValueError(f"H + damp * mean(diag(H)) * I is not positive definite (damp={damp}): H must be a "
+                         f"Gram matrix 2 X^T X of calibration inputs; raise damp or use more calibration data") from None
+    return U, lam
+
+
+class _single_threaded_lapack:
+    """Run NumPy's OpenBLAS on one thread inside the block (a no-op where that library is not found).
+
+    Speed only, not results: on a shared 2-core machine, multithreaded OpenBLAS ``potrf`` of a 576 x 576
+    matrix took 0.03-1.4 s (its threads wait for each other at every step) against 5 ms single-threaded.
+    """
+
+    _fns = None
+
+    @classmethod
+    def _find(cls):
+        if cls._fns is None:
+            cls._fns = ()
+            try:
+                import ctypes
+
+                with open("/proc/self/maps") as f:
+                    paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+                for path in paths:
+                    lib = ctypes.CDLL(path)
+                    for suffix in ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_",
+                                   "openblas_{}_num_threads"):
+                        if hasattr(lib, suffix.format("get")) and hasattr(lib, suffix.format("set")):
+                            cls._fns = (getattr(lib, suffix.format("get")), getattr(lib, suffix.format("set")))
+                            break
+            except OSError:  # pragma: no cover - not Linux, or no OpenBLAS: leave the threads alone
+                cls._fns = ()
+        return cls._fns
+
+    def __enter__(self):
+        fns = self._find()
+        self._n = fns[0]() if fns else None
+        if fns:
+            fns[1](1)
+
+    def __exit__(self, *exc):
+        if self._n is not None:
+            self._find()[1](self._n)
+
+
+def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_order: bool = False,
+                  static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
+                  group_params: str = "stale", scale_dtype: str = "float32", impl: str | None = None) -> GPTQWeight:
+    """GPTQ-quantize ``W`` float [out, in] for inputs with Hessian ``H`` float [in, in].
+
+    bits 2..8; group_size: -1 per channel, None/0 per tensor, g > 0 groups of g inputs (a ragged last
+    group when g does not divide in); sym: chapter 02's symmetric grid (z = 2^(bits-1), not stored);
+    act_order: process inputs by descending diag(H); static_groups: group parameters from the original
+    W and groups (contiguous in the original order even with act_order); damp: fraction of the mean
+    diagonal added to H; block_size: columns per lazy batch; group_params: "stale" (reference) or
+    "fresh" (see the module docstring); scale_dtype: "float32" or "float16" — the codes are computed with
+    the stored scale, so ``dequantize()`` reproduces what the error feedback assumed; impl: "numba"
+    (default for NumPy), "numpy" (the readable loop) or "torch" (the default for torch tensors, which
+    returns torch tensors on their device).
+
+    Returns a ``GPTQWeight`` (a ``GroupedAffine``); ``dequantize()`` is ``W_hat [out, in]`` in the original
+    column order. Raises TypeError / ValueError naming the parameter for bad input.
+    """
+    torch_in = is_torch(W) or is_torch(H)
+    impl = ("torch" if torch_in else "numba") if impl is None else impl
+    check_choice(impl, "impl", IMPLS)
+    if torch_in != (impl == "torch"):
+        raise ValueError(f"impl={impl!r} needs {'torch tensors' if impl == 'torch' else 'NumPy arrays'} W and H")
+    check_float_array(W, "W", ndim=2)
+    check_float_array(H, "H", ndim=2)
+    out, n = W.shape
+    if tuple(H.shape) != (n, n):
+        raise ValueError(f"H must be square [in, in] = [{n}, {n}] to match W [out, in] = {tuple(W.shape)}, "
+                         f"got {tuple(H.shape)}")
+    bits = check_bits(bits, lo=2, hi=8)
+    g = _check_group_size(group_size, n)
+    check_choice(group_params, "group_params", GROUP_PARAMS)
+    check_choice(scale_dtype, "scale_dtype", affine.SCALE_DTYPES)
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < np.inf:
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+
+    # -- preparation (NumPy, float64 for the factor): dead inputs, order, damping, U ----------------
+    Hd = (H.detach().cpu().numpy() if torch_in else H).astype(np.float64)
+    if bool((np.diag(Hd) < 0).any()):
+        raise ValueError("H has negative diagonal entries: it must be positive semi-definite (2 X^T X)")
+    dead = np.diag(Hd) == 0
+    Hd[dead, dead] = 1.0
+    perm = np.argsort(-np.diag(Hd), kind="stable") if act_order else np.arange(n)
+    U, _ = inverse_cholesky(Hd[perm][:, perm], damp)                       # in processing order
+    if torch_in:
+        import torch
+
+        W = W.detach().to(torch.float32).clone()
+        W[:, torch.as_tensor(dead, device=W.device)] = 0
+    else:
+        W = np.array(W, dtype=np.float32)
+        W[:, dead] = 0
+
+    # -- group layout: gidx[c] = group of processed column c; S, Z [out, G] filled before or during --
+    qp = dict(bits=bits, symmetric=sym, scale_dtype=scale_dtype)
+    per_tensor = group_size is None or group_size == 0
+    if per_tensor or g == n:                                               # one group, params from all of W
+        p = affine.choose_qparams(W, axis=None if per_tensor else 1, **qp)
+        S, Z = _bcast(p.s, out), _bcast(p.z, out)
+        gidx, dynamic = np.zeros(n, np.int64), False
+    elif static_groups:                                                    # original groups, before any update
+        ps = [affine.choose_qparams(W[:, a:a + g], axis=1, **qp) for a in range(0, n, g)]
+        S, Z = _cat([p.s for p in ps]), _cat([p.z for p in ps])
+        gidx, dynamic = perm // g, False
+    else:                                                                  # processed groups, filled as they start
+        G = -(-n // g)
+        S, Z = _empty_like_params(W, out, G, scale_dtype), _empty_like_params(W, out, G, "float32")
+        gidx, dynamic = np.arange(n) // g, True
+    W = W[:, _as_index(perm, W)] if act_order else W                       # processing order
+    starts = range(0, n, g) if dynamic and group_params == "fresh" else ()
+    blocks = _blocks(n, block_size, starts)
+    loop = {"numba": _loop_numba, "numpy": _loop_numpy, "torch": _loop_torch}[impl]
+    Q, losses = loop(W, U.astype(np.float32), S, Z, gidx, g if dynamic else 0, blocks, qp)
+
+    # -- back to the original order (or keep the processing order with perm) and into the container --
+    if act_order and not dynamic:
+        Q = Q[:, _as_index(np.argsort(perm), Q)]
+    keep_perm = act_order and dynamic
+    losses_orig = np.empty(n, np.float64)
+    losses_orig[perm] = losses
+    gs = n if per_tensor else gcd(g, n)
+    if not per_tensor and gs != g:                                         # ragged: repeat each group's params
+        reps = np.diff(np.minimum(np.arange(0, n + g, g), n)) // gs
+        S, Z = _repeat_cols(S, reps), _repeat_cols(Z, reps)
+    if per_tensor:
+        S, Z = S[:1, :1], Z[:1, :1]
+    base = GroupedAffine.from_codes(Q, S, None if sym else Z, bits=bits,
+                                    group_size=group_size if per_tensor or gs == g else gs)
+    return GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)},
+                      perm=_as_index(perm, Q) if keep_perm else None, losses=losses_orig,
+                      gptq_group_size=group_size)
+
+
+def _check_group_size(group_size, n):
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+                                   or group_size < -1):
+        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
+    if group_size is None or group_size in (0, -1):
+        return n
+    if group_size > n:
+        raise ValueError(f"group_size={group_size} is larger than the input dimension {n}")
+    return int(group_size)
+
+
+def _blocks(n, block_size, starts):
+    """Lazy-batch boundaries ``[(i1, i2), ...]``: every ``block_size`` columns, and at each of ``starts``."""
+    cuts = sorted(set(range(0, n, block_size)) | set(starts) | {n})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _group_params(Wslice, qp):
+    """(s, z) [out] of one group from ``Wslice [out, g]``: s in the storage dtype, z float32."""
+    p = affine.choose_qparams(Wslice, axis=1, **qp)
+    return p.s[:, 0], p.z[:, 0]
+
+
+def _f32(a):
+    return a.float() if is_torch(a) else a.astype(np.float32)
+
+
+# --- the readable loop ------------------------------------------------------------------------------
+
+
+def _loop_numpy(W, U, S, Z, gidx, g, blocks, qp):
+    """GPTQ's column loop, as in the paper. W [out, n] float32 in processing order (modified), U [n, n]
+    upper float32; S, Z [out, G]: group params (filled here when g > 0: dynamic groups). Returns codes
+    Q [out, n] uint8 and the loss of each column, float64 [n]."""
+    out, n = W.shape
+    qmax = (1 << qp["bits"]) - 1
+    Q = np.empty((out, n), np.uint8)
+    Loss = np.empty((out, n), np.float64)
+    for i1, i2 in blocks:
+        W1 = W[:, i1:i2].copy()                                            # the block, updated column by column
+        Err1 = np.empty_like(W1)
+        for j in range(i2 - i1):
+            c = i1 + j
+            if g and c % g == 0:                                           # a group starts: params from W,
+                S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)   # not W1 (stale in-block)
+            s, z = S[:, gidx[c]].astype(np.float32), Z[:, gidx[c]]        # [out] each
+            w = W1[:, j]
+            q = np.clip(np.rint(w / s) + z, 0, qmax)                       # chapter 02's quantize
+            wq = s * (q - z)
+            d = U[c, c]
+            err = (w - wq) / d                                             # [out]
+            Q[:, c] = q
+            diff = (w - wq).astype(np.float64)
+            Loss[:, c] = diff * diff / (2.0 * np.float64(d) * np.float64(d))
+            W1[:, j + 1:] -= np.outer(err, U[c, c + 1:i2])                 # OBS update inside the block
+            Err1[:, j] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]                                  # lazy batch update, one GEMM
+    return Q, Loss.sum(axis=0)
+
+
+# --- the fast loop: the same arithmetic, rows in parallel ------------------------------------------
+
+
+def _loop_numba(W, U, S, Z, gidx, g, blocks, qp):
+    out, n = W.shape
+    qmax = np.float32((1 << qp["bits"]) - 1)
+    Q = np.empty((out, n), np.uint8)
+    Loss = np.empty((out, n), np.float64)
+    S32 = np.ascontiguousarray(S, dtype=np.float32)
+    for i1, i2 in blocks:
+        if g:  # groups starting in this block: W[:, i1:] is not touched until the block ends
+            for c in range(-(-i1 // g) * g, i2, g):
+                S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)
+                S32[:, c // g] = S[:, c // g]
+        W1 = np.ascontiguousarray(W[:, i1:i2])
+        Err1 = np.empty_like(W1)
+        _block_kernel(W1, np.ascontiguousarray(U[i1:i2, i1:i2]), S32, Z, gidx[i1:i2].copy(), qmax, i1, Q, Err1, Loss)
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return Q, Loss.sum(axis=0)
+
+
+@njit(parallel=True)
+def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
+    # W1 [out, B] float32, U1 [B, B], S/Z [out, G], gidx1 [B] -> Q/Loss [:, i1:i1+B], Err1 [out, B].
+    # Tiles of TILE rows, transposed ([B, TILE]) so the rank-1 update runs over rows in SIMD lanes;
+    # each element sees the same float32 operations, in the same order, as _loop_numpy.
+    out, B = W1.shape
+    TILE = 16
+    for tb in prange((out + TILE - 1) // TILE):
+        r0 = tb * TILE
+        nr = min(r0 + TILE, out) - r0
+        tile = np.empty((B, TILE), np.float32)                         # W1[r0:r0+nr].T
+        for k in range(B):
+            for t in range(nr):
+                tile[k, t] = W1[r0 + t, k]
+        e = np.zeros(TILE, np.float32)
+        for j in range(B):
+            d = U1[j, j]
+            for t in range(nr):
+                r = r0 + t
+                s, z = S[r, gidx1[j]], Z[r, gidx1[j]]
+                w = tile[j, t]
+                q = min(max(np.rint(w / s) + z, np.float32(0.0)), qmax)
+                wq = s * (q - z)
+                e[t] = (w - wq) / d
+                Q[r, i1 + j] = np.uint8(q)
+                diff = np.float64(w - wq)
+                Loss[r, i1 + j] = diff * diff / (2.0 * np.float64(d) * np.float64(d))
+                Err1[r, j] = e[t]
+            for k in range(j + 1, B):                                   # W1[:, k] -= err * U[j, k]
+                u = U1[j, k]
+                for t in range(nr):
+                    tile[k, t] -= e[t] * u
+
+
+# --- torch: the readable loop on torch tensors (any device) ---------------------------------------
+
+
+def _loop_torch(W, U, S, Z, gidx, g, blocks, qp):
+    import torch
+
+    out, n = W.shape
+    qmax = (1 << qp["bits"]) - 1
+    U = torch.as_tensor(U, device=W.device)
+    Q = torch.empty((out, n), dtype=torch.uint8, device=W.device)
+    Loss = torch.empty((out, n), dtype=torch.float64, device=W.device)
+    for i1, i2 in blocks:
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.empty_like(W1)
+        for j in range(i2 - i1):
+            c = i1 + j
+            if g and c % g == 0:
+                S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)
+            s, z = S[:, int(gidx[c])].float(), Z[:, int(gidx[c])]
+            w = W1[:, j]
+            q = torch.clamp(torch.round(w / s) + z, 0, qmax)
+            wq = s * (q - z)
+            d = U[c, c]
+            err = (w - wq) / d
+            Q[:, c] = q.to(torch.uint8)
+            Loss[:, c] = (w - wq).double() ** 2 / (2.0 * d.double() ** 2)
+            W1[:, j + 1:] -= torch.outer(err, U[c, c + 1:i2])
+            Err1[:, j] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return Q, Loss.sum(dim=0).cpu().numpy()
+
+
+# --- small array helpers for both backends --------------------------------------------------------
+
+
+def _bcast(a, out):
+    """[1, 1] or [out, 1] -> a [out, 1] copy."""
+    if is_torch(a):
+        return a.expand(out, 1).clone()
+    return np.ascontiguousarray(np.broadcast_to(a, (out, 1)))
+
+
+def _cat(parts):
+    if is_torch(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=1)
+    return np.concatenate(parts, axis=1)
+
+
+def _empty_like_params(W, out, G, dtype):
+    if is_torch(W):
+        import torch
+
+        return torch.empty((out, G), dtype=getattr(torch, dtype), device=W.device)
+    return np.empty((out, G), dtype)
+
+
+def _repeat_cols(a, reps):
+    if is_torch(a):
+        import torch
+
+        return torch.repeat_interleave(a, torch.as_tensor(reps, device=a.device), dim=1)
+    return np.repeat(a, reps, axis=1)
+
+
+def _as_index(idx, like):
+    if is_torch(like):
+        import torch
+
+        return torch.as_tensor(idx, device=like.device)
+    return idx

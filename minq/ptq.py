@@ -1,0 +1,386 @@
+"""Chapter 04 — post-training quantization (PTQ) of a whole model: weights, and activations too.
+
+Weight-only RTN (round to nearest) is chapter 03's ``quantize_groups`` on every linear
+(``rtn-w{bits}[g{group}][-sym]``, registered in ``minq.registry``). This module adds the
+**MSE observer** as an option: ``rtn-w4g64-mse`` searches, per group, the clipped range whose
+rounding error is smallest (``minq.observers.MSEObserver``) instead of using min-max.
+
+W8A8 quantizes the *inputs* of every linear to int8 as well, so that ``Y = X W^T`` can run as an
+integer GEMM (int8 x int8 products, int32 accumulation) and one float32 rescale:
+
+    Xq = clip(round(X / sx), -128, 127)     Wq = clip(round(W / sw), -128, 127)   (symmetric int8)
+    Y  = (Xq @ Wq^T) * sx * sw^T            int8_matmul; equals X_hat @ W_hat^T up to float32 rounding
+
+Weights: int8 symmetric per output channel (``sw [out, 1]``, ``GroupedAffine``). Activation scales
+``sx``, the ``mode`` of ``Int8Activations``:
+
+    "static"    one sx per tensor, fixed from calibration (an observer: min-max by default)   w8a8
+    "dynamic"   one sx per token, sx_t = max_j |X_tj| / 127, computed at run time          w8a8-dynamic
+    "outlier"   LLM.int8 (Dettmers et al., 2022): the input columns with any |X_tj| >= threshold  llmint8
+                (6.0) in the token batch stay float; the rest are int8 per token (outliers excluded
+                from the row absmax). Weights stay int8 in every column, as bitsandbytes does in
+                inference (``has_fp16_weights=False``): Y = X[:, O] W_hat[:, O]^T + S (Xq Wq^T).
+
+How it runs: the model is a ``ActQuantModel`` — the weight-quantized model plus one hook per linear
+(the runtime hooks of ``minq.models.llama``) that replaces the linear's input ``X`` by its fake-
+quantized version ``X_hat = sx * Xq`` (plus the float outlier columns). The runtime does not know
+about it; ``int8_matmul`` is the true integer path, and tests/test_ptq.py proves the two equal within
+float32 rounding on real layers. The outlier mode decides its columns per call, i.e. per batch of
+windows ``minq.eval.nll`` sends (as bitsandbytes decides per batch): its perplexity can depend, very
+slightly, on ``batch_size``.
+
+SmoothQuant (``smoothquant-w8a8``) is in ``minq.smoothquant``. Notebook: ``notebooks/04_ptq.ipynb``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from minq import affine
+from minq.groups import GroupedAffine, quantize_groups, resolve_group_size
+from minq.observers import make_observer
+from minq.registry import Scheme, register_family
+
+__all__ = ["quantize_weight_observed", "Int8Activations", "int8_matmul", "int8_weight", "ActQuantModel",
+           "calibrate", "quantize_w8a8", "MODES"]
+
+MODES = ("static", "dynamic", "outlier")
+
+
+# --- weights: RTN with an observer ----------------------------------------------------------------
+
+
+def quantize_weight_observed(W, *, bits: int, group_size=-1, symmetric: bool = False, observer: str = "mse",
+                             **observer_kw) -> GroupedAffine:
+    """``quantize_groups`` with the range of each group chosen by an observer (``minq.observers``).
+
+    ``W [out, in] -> [out, in/g, g]``; one observer reduces the last axis (per tensor: all axes).
+    Scales are stored as float16 (rounded up) and the codes use the stored scale, as in
+    ``quantize_groups``; ``observer="minmax"`` reproduces ``quantize_groups`` exactly.
+    """
+    out, n_in = W.shape
+    g = resolve_group_size(group_size, n_in)
+    per_tensor = group_size is None or group_size == 0
+    Wg = W.reshape(out, n_in // g, g)                                       # [out, in] -> [out, G, g]
+    obs = make_observer(observer, bits=bits, symmetric=symmetric, axis=None if per_tensor else -1,
+                        scale_dtype="float16", max_samples=W.size if per_tensor else g,   # exact: all values
+                        **observer_kw).update(Wg)
+    qp = obs.qparams()                                                      # s, z [out, G, 1] or [1, 1, 1]
+    q = affine.quantize(Wg, qp).reshape(out, n_in)                         # [out, in] uint8
+    z = None if symmetric else qp.z[..., 0]
+    return GroupedAffine.from_codes(q, qp.s[..., 0], z, bits=bits, group_size=group_size)
+
+
+def _rtn_observed(m: re.Match) -> Scheme:
+    from minq.registry import get
+
+    base = get(m["base"])                                  # validates bits / group like rtn-w...
+    bits = int(m["bits"])
+    group = int(m["group"]) if m["group"] else -1
+    sym = m["sym"] is not None
+
+    def quantize_weight(W):
+        return quantize_weight_observed(W, bits=bits, group_size=group, symmetric=sym, observer="mse")
+
+    return Scheme(m.string, base.description.replace("min-max", "MSE-searched clipping range"),
+                  quantize_weight=quantize_weight)
+
+
+register_family(r"(?P<base>rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?)-mse", _rtn_observed,
+                "rtn-w{bits}[g{group}][-sym]-mse")
+
+
+# --- activations: int8 per tensor (static), per token (dynamic), with outliers (LLM.int8) ----------
+
+
+class Int8Activations:
+    """Symmetric int8 quantizer of linear inputs ``X [tokens, in]``, and a runtime hook ``fn(name, X)``.
+
+    mode: ``"static"`` (``s`` > 0, the per-tensor scale from calibration), ``"dynamic"`` (per token)
+    or ``"outlier"`` (LLM.int8 with ``threshold``). Codes follow minq's convention with ``z = 128``:
+    ``q - z = clip(round(X / s), -128, 127)`` (``affine.fake_quantize`` with ``QParams(s, 128, 8)``
+    gives the same values bit for bit). A token whose row is all zero gets ``s = 1``.
+
+    The hook returns ``X_hat`` and remembers the last input: the linears that read the same ``X``
+    (q/k/v, gate/up) share one quantization. It is plain NumPy: four vectorised passes take about 1-2%
+    of the time of the linear's GEMM (benchmarks/bench_ptq.py); a fused Numba kernel was slower.
+    """
+
+    def __init__(self, mode: str = "dynamic", *, s=None, threshold: float = 6.0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        if mode == "static":
+            if s is None or not np.isfinite(s) or not s > 0:
+                raise ValueError(f"mode='static' needs a finite scale s > 0 (from calibration), got {s!r}")
+            s = np.float32(s)
+        elif s is not None:
+            raise ValueError(f"s is only for mode='static' (mode={mode!r} computes its scales at run time)")
+        if mode == "outlier" and not (np.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+        self.mode, self.s, self.threshold = mode, s, float(threshold)
+        self._x = self._x_hat = None
+
+    def __repr__(self):
+        extra = {"static": f", s={self.s:.4g}", "outlier": f", threshold={self.threshold}"}.get(self.mode, "")
+        return f"Int8Activations({self.mode!r}{extra})"
+
+    def scales(self, X):
+        """``(sx, cols)``: ``sx`` float32 ``[1, 1]`` (static) or ``[tokens, 1]``; ``cols`` bool ``[in]``,
+        the outlier columns kept in float (``None`` unless mode ``"outlier"``)."""
+        if self.mode == "static":
+            return np.full((1, 1), self.s, np.float32), None
+        A = np.abs(X)                                                       # [tokens, in]
+        cols = None
+        if self.mode == "outlier":
+            cols = (A >= np.float32(self.threshold)).any(axis=0)            # [in]
+            if cols.any():
+                A[:, cols] = 0                                              # outliers leave the row absmax
+        amax = A.max(axis=1, keepdims=True)                                 # [tokens, 1]
+        return np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32), cols
+
+    def quantize(self, X):
+        """``(Xq int8 [tokens, in], sx, cols)``; the outlier columns of ``Xq`` are 0."""
+        X = np.asarray(X, np.float32)
+        sx, cols = self.scales(X)
+        Xq = np.clip(np.rint(X / sx), -128, 127).astype(np.int8)
+        if cols is not None:
+            Xq[:, cols] = 0
+        return Xq, sx, cols
+
+    def fake_quantize(self, X):
+        """``X_hat = sx * Xq`` (outlier columns: ``X`` itself), float32 ``[tokens, in]``."""
+        X = np.asarray(X, np.float32)
+        sx, cols = self.scales(X)
+        t = X / sx                                                          # fused: no int8 round trip
+        np.rint(t, out=t)
+        np.clip(t, -128, 127, out=t)
+        t *= sx
+        if cols is not None and cols.any():
+            t[:, cols] = X[:, cols]
+        return t
+
+    def __call__(self, name, X):
+        if X is not self._x:
+            self._x, self._x_hat = X, self.fake_quantize(X)
+        return self._x_hat
+
+
+def int8_matmul(Xq, sx, Wq, sw):
+    """``Y = (Xq @ Wq^T) * sx * sw^T`` float32 ``[tokens, out]``: int8 x int8 products summed in int32.
+
+    Xq int8 ``[tokens, in]``, sx float32 ``[tokens, 1]`` or ``[1, 1]``; Wq int8 ``[out, in]``, sw float32
+    ``[out, 1]`` or ``[1, 1]``. The int32 sum is exact for ``in <= 2^31 / 128^2 = 131072``. Guarantee
+    (tests/test_ptq.py): ``|Y - X_hat W_hat^T| <= (in + 2) 2^-24 (|X_hat| |W_hat|^T)`` with
+    ``X_hat = sx Xq``, ``W_hat = sw Wq`` and the right side in float32 arithmetic; the only roundings
+    of ``Y`` itself are the two rescale products.
+    """
+    for name, a in (("Xq", Xq), ("Wq", Wq)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.int8 or a.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D int8 array, got {getattr(a, 'dtype', type(a).__name__)}")
+    if Xq.shape[1] != Wq.shape[1]:
+        raise ValueError(f"Xq [tokens, in] {Xq.shape} and Wq [out, in] {Wq.shape} differ in 'in'")
+    if Xq.shape[1] > 131072:
+        raise ValueError(f"in = {Xq.shape[1]} > 131072 could overflow the int32 accumulator")
+    acc = Xq.astype(np.int32) @ Wq.astype(np.int32).T                      # [tokens, out] int32, exact
+    sx, sw = np.asarray(sx, np.float32), np.asarray(sw, np.float32)
+    return acc.astype(np.float32) * sx * sw.reshape(1, -1)
+
+
+def int8_weight(w: GroupedAffine):
+    """``(Wq int8 [out, in], sw float32 [out, 1])`` of an 8-bit symmetric per-channel ``GroupedAffine``."""
+    if not (isinstance(w, GroupedAffine) and w.bits == 8 and w.symmetric and w.n_groups == 1):
+        raise ValueError("int8_weight needs an 8-bit symmetric per-channel (or per-tensor) GroupedAffine")
+    Wq = (w.codes.astype(np.int16) - 128).astype(np.int8)
+    return Wq, np.asarray(w.s, np.float32).reshape(-1, 1)
+
+
+# --- the model: weight-quantized linears reading quantized activations ----------------------------
+
+
+class ActQuantModel:
+    """``model`` (its linears already weight-quantized) whose linears read quantized inputs.
+
+    act: {linear name: hook ``fn(name, X) -> X_hat``} (``Int8Activations``). Everything else
+    (``config``, ``tokenizer``, ``weights``, ``nbytes``, ``embed``, ``head``, ...) is ``model``'s.
+    ``logits`` and ``run_block`` take further ``hooks``; they see the quantized input.
+    """
+
+    def __init__(self, model, act: dict):
+        unknown = sorted(set(act) - set(model.linear_names()))
+        if unknown:
+            raise ValueError(f"act names unknown linears {unknown[:5]}")
+        self.model, self.act = model, dict(act)
+
+    def __getattr__(self, name):
+        if name in ("model", "act"):           # not yet set (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __repr__(self):
+        kinds = sorted({repr(a) for a in self.act.values()})[:3]
+        return f"ActQuantModel({type(self.model).__name__}, {len(self.act)} quantized inputs: {', '.join(kinds)})"
+
+    def _hooks(self, hooks):
+        if not hooks:
+            return self.act
+        out = dict(self.act)
+        for name, fn in hooks.items():
+            q = self.act.get(name)
+            out[name] = fn if q is None else _compose(q, fn)
+        return out
+
+    def logits(self, ids, cache=None, *, last_only: bool = False, hooks=None):
+        return self.model.logits(ids, cache, last_only=last_only, hooks=self._hooks(hooks))
+
+    def run_block(self, i, x, *, hooks=None):
+        return self.model.run_block(i, x, hooks=self._hooks(hooks))
+
+    def capture_inputs(self, ids, names) -> dict:
+        """The (quantized) inputs of the linears ``names``: ``{name: X_hat [tokens, in]}``."""
+        names = list(names)
+        X = {}
+
+        def keep(name, X_in):
+            X[name] = X_in
+
+        x = self.model.embed(np.asarray(ids) if np.ndim(ids) == 2 else np.asarray(ids)[None])
+        for i in range(1 + max(int(n.split(".")[1]) for n in names)):
+            x = self.run_block(i, x, hooks={n: keep for n in names})
+        return {n: X[n] for n in names}
+
+    def with_weights(self, new: dict):
+        return ActQuantModel(self.model.with_weights(new), self.act)
+
+    def with_norms(self, new: dict):
+        return ActQuantModel(self.model.with_norms(new), self.act)
+
+
+def _compose(q, fn):
+    def hook(name, X):
+        X_hat = q(name, X)
+        r = fn(name, X_hat)
+        return X_hat if r is None else r
+    return hook
+
+
+# --- calibration -----------------------------------------------------------------------------------
+
+
+def _check_calibration(calibration, scheme: str):
+    if calibration is None:
+        raise ValueError(f"scheme {scheme!r} needs calibration data: token ids [n_samples, seq_len] "
+                         f"(minq.quantize supplies minq.data.calibration_tokens by default)")
+    ids = np.asarray(calibration)
+    if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.size == 0:
+        raise ValueError(f"calibration must be integer token ids [n_samples, seq_len], got "
+                         f"{ids.dtype} {ids.shape}")
+    return ids
+
+
+def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bool = False) -> dict:
+    """Observe the input of every linear over the calibration windows ``ids [n, seq]``.
+
+    make(name) -> a fresh observer (``minq.observers``); linears that read the same input (the
+    runtime hands them the same array: q/k/v, gate/up) share one observer. Runs ``embed`` and
+    ``run_block`` only (no output head). Returns ``{name: observer}`` for every name of ``names``
+    (default all linears).
+    """
+    from tqdm.auto import tqdm
+
+    ids = _check_calibration(ids, "calibrate")
+    names = list(model.linear_names() if names is None else names)
+    obs, leader, last = {}, {}, [None, None]
+
+    def hook(name, X):
+        if name not in leader:                  # first call: does it read the previous linear's X?
+            leader[name] = leader[last[1]] if X is last[0] else name
+            if leader[name] == name:
+                obs[name] = make(name)
+        last[:] = [X, name]
+        if leader[name] == name:
+            obs[name].update(X)
+
+    hooks = {n: hook for n in names}
+    n_blocks = 1 + max(int(n.split(".")[1]) for n in names)
+    for a in tqdm(range(0, len(ids), batch_size), desc="calibrate", unit="batch", disable=not progress,
+                  leave=False):
+        x = model.embed(ids[a:a + batch_size])                              # [B, T, d]
+        for i in range(n_blocks):
+            x = model.run_block(i, x, hooks=hooks)
+    return {n: obs[leader[n]] for n in names}
+
+
+def quantize_w8a8(model, calibration=None, *, mode: str = "static", observer: str = "minmax",
+                  observer_kw=None, threshold: float = 6.0, static_absmax=None,
+                  progress: bool = False) -> ActQuantModel:
+    """W8A8: int8 symmetric per-channel weights, int8 inputs for every linear (``mode``, see module).
+
+    ``mode="static"`` takes the per-tensor range of each input from ``observer`` (``"minmax"``,
+    ``"percentile"``, ``"mse"``; ``observer_kw`` for it) over ``calibration`` (token ids ``[n, seq]``),
+    or, without calibration, from ``static_absmax`` ``{name: max|X|}`` (``s = max|X| / 127``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    names = model.linear_names()
+    if mode == "static":
+        if static_absmax is None:
+            ids = _check_calibration(calibration, "w8a8 (static)")
+            kw = dict(observer_kw or {})
+            obs = calibrate(model, ids, lambda name: make_observer(observer, bits=8, symmetric=True, **kw),
+                            progress=progress)
+            scale = {n: float(np.asarray(o.qparams().s).reshape(())) for n, o in obs.items()}
+        else:
+            scale = {n: float(np.float32(static_absmax[n]) / np.float32(127)) for n in names}
+        by_s = {s: Int8Activations("static", s=s) for s in set(scale.values())}  # q/k/v share one
+        act = {n: by_s[scale[n]] for n in names}
+    else:
+        q = Int8Activations(mode, threshold=threshold)       # stateless: one for all linears
+        act = {n: q for n in names}
+    return ActQuantModel(quantize_int8_weights(model, progress=progress), act)
+
+
+def quantize_int8_weights(model, *, progress: bool = False):
+    """Every linear as int8 symmetric per output channel (``rtn-w8-sym``)."""
+    from minq.registry import quantize_linears
+
+    return quantize_linears(model, lambda W: quantize_groups(W, bits=8, group_size=-1, symmetric=True),
+                            desc="int8 weights", progress=progress)
+
+
+def _w8a8(m: re.Match) -> Scheme:
+    opt = m["opt"]
+    if opt is None or opt in ("mse",):
+        mode, observer, kw = "static", opt or "minmax", {}
+    elif opt == "dynamic":
+        mode, observer, kw = "dynamic", None, {}
+    else:                                                           # p{percentile}
+        pct = float(opt[1:])
+        if not 50 < pct <= 100:
+            raise ValueError(f"scheme {m.string!r}: the percentile must be in (50, 100]")
+        mode, observer, kw = "static", "percentile", {"percentile": pct}
+    desc = {"static": f"int8 weights per channel, int8 activations per tensor, static ({observer} calibration)",
+            "dynamic": "int8 weights per channel, int8 activations per token, dynamic"}[mode]
+
+    def quantize_model(model, calibration, progress=True):
+        return quantize_w8a8(model, calibration, mode=mode, observer=observer or "minmax", observer_kw=kw,
+                             progress=progress)
+
+    return Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=mode == "static")
+
+
+def _llmint8(m: re.Match) -> Scheme:
+    t = float(m["t"]) if m["t"] else 6.0
+    if not t > 0:
+        raise ValueError(f"scheme {m.string!r}: the threshold must be > 0")
+
+    def quantize_model(model, calibration, progress=True):
+        return quantize_w8a8(model, mode="outlier", threshold=t, progress=progress)
+
+    return Scheme(m.string, f"LLM.int8: int8 per channel / per token, input columns with |x| >= {t:g} in float",
+                  quantize_model=quantize_model)
+
+
+register_family(r"w8a8(?:-(?P<opt>dynamic|mse|p\d+(?:\.\d+)?))?", _w8a8, "w8a8[-dynamic|-mse|-p{percentile}]")
+register_family(r"llmint8(?:-t(?P<t>\d+(?:\.\d+)?))?", _llmint8, "llmint8[-t{threshold}]")

@@ -1,0 +1,178 @@
+"""Chapter 04 — SmoothQuant: move the activation outliers into the weights, then W8A8.
+
+Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language
+Models" (ICML 2023, arXiv:2211.10438). A few *input channels* j of a linear carry activations ten to
+a hundred times larger than the rest, in every token. A per-tensor (or per-token) int8 scale is set by
+them and rounds the other channels to a handful of levels. The weights have no such channels. So
+divide channel j of X by s_j and multiply column j of W by s_j — the product does not change:
+
+    Y = X W^T = (X diag(s)^-1) (W diag(s))^T
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)          alpha = migration strength, default 0.5
+
+``alpha = 0`` leaves X alone (``s_j = 1 / max|W_j|`` only rescales); ``alpha = 1`` makes every input
+channel's max exactly 1 and puts all of its range into the weights. ``max|X_j|`` comes from
+calibration; ``max|W_j|`` is taken over all the linears that read the same X (q, k, v; gate, up).
+Both are clamped to at least 1e-5, and so is ``s`` (the reference code, ``smoothquant/smooth.py``).
+
+Where does ``diag(s)^-1`` go? Into the operation that produces X, so that no extra operation runs
+and the float model is unchanged (to float32 rounding; tests/test_ptq.py checks 1e-5 relative on the
+logits). A Llama block has four linear inputs, and each has such a place (``TARGETS``):
+
+    "qkv"      attn_norm gamma / s   ->  attn_q, attn_k, attn_v columns * s    (the paper's, for Llama)
+    "gate_up"  ffn_norm gamma / s    ->  ffn_gate, ffn_up columns * s          (the paper's, for Llama)
+    "down"     ffn_up rows / s       ->  ffn_down columns * s    silu(g) * (u / s) = (silu(g) * u) / s
+    "o"        attn_v rows / s       ->  attn_output columns * s  softmax(.) (V / s) = (softmax(.) V) / s;
+               with grouped-query attention the query heads that share a KV head share its scales, so
+               s of a V channel is computed from the maxima over its query heads.
+
+The reference code smooths only "qkv" and "gate_up" for Llama (AWQ folds its scales into up and v in
+the same way as "down" and "o"). minq smooths all four by default: on SmolLM2 the inputs of ffn_down
+carry by far the largest outliers (max |x| in the thousands in some blocks) and decide whether W8A8
+works at all; ``targets=("qkv", "gate_up")`` gives the paper's setting (the notebook compares them).
+
+Then the model is quantized as ``w8a8`` (static per-tensor scales: the paper's O3 setting) or
+``w8a8-dynamic`` (per token: O1). Notebook: ``notebooks/04_ptq.ipynb``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from minq.models.llama import DenseWeight
+from minq.observers import MinMaxObserver
+from minq.ptq import _check_calibration, calibrate, quantize_w8a8
+from minq.registry import Scheme, register_family
+
+__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA"]
+
+ALPHA = 0.5
+# target -> (what absorbs 1/s: a norm gamma, or the rows of a linear; the linears whose columns get * s)
+TARGETS = {
+    "qkv": (("norm", "attn_norm"), ("attn_q", "attn_k", "attn_v")),
+    "gate_up": (("norm", "ffn_norm"), ("ffn_gate", "ffn_up")),
+    "down": (("rows", "ffn_up"), ("ffn_down",)),
+    "o": (("rows", "attn_v"), ("attn_output",)),
+}
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha (migration strength) must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def _check_targets(targets) -> tuple:
+    targets = tuple(targets)
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        raise ValueError(f"targets must be a non-empty subset of {list(TARGETS)}, got {list(targets)}")
+    return targets
+
+
+def smooth_scales(act_absmax, weights, alpha: float = ALPHA):
+    """``s [in]`` float32: ``max|X_j|^alpha / max|W_j|^(1 - alpha)``, clamped to >= 1e-5.
+
+    act_absmax: float ``[in]``, max |X_j| per input channel over the calibration tokens.
+    weights: the float ``W [out_i, in]`` of every linear reading that X (their column maxima combine).
+    """
+    alpha = _check_alpha(alpha)
+    a = np.maximum(np.asarray(act_absmax, np.float64).reshape(-1), 1e-5)
+    w = np.max([np.abs(np.asarray(W, np.float64)).max(axis=0) for W in weights], axis=0)    # [in]
+    if w.shape != a.shape:
+        raise ValueError(f"act_absmax has {a.size} channels, the weights {w.size} inputs")
+    w = np.maximum(w, 1e-5)
+    return np.maximum(a ** alpha / w ** (1 - alpha), 1e-5).astype(np.float32)
+
+
+def _kv_of_o_inputs(config):
+    """For each input channel of attn_output (query head h, dim d): the attn_v row it comes from."""
+    hd, g = config.head_dim, config.n_heads // config.n_kv_heads
+    c = np.arange(config.n_heads * hd)
+    return (c // (g * hd)) * hd + c % hd                                      # [d_model] -> v row
+
+
+def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)):
+    """The float model with SmoothQuant's scales folded in (see the module docstring).
+
+    act_absmax: ``{linear name: max|X_j| [in]}`` for the first linear of each target of every block.
+    Returns ``(smoothed model, {f"blk.{i}.{target}": s})``; ``s`` is per input channel of the target
+    linears (for "o": per attn_output input, equal across the query heads of a KV head).
+    """
+    alpha = _check_alpha(alpha)
+    targets = _check_targets(targets)
+    norms, W, scales = {}, {}, {}
+
+    def weight(name):
+        return W[name] if name in W else model.weights[name].dequantize()
+
+    for i in range(model.config.n_layers):
+        for t in targets:
+            (kind, prev), group = TARGETS[t]
+            names = [f"blk.{i}.{n}" for n in group]
+            a = np.asarray(act_absmax[names[0]], np.float32).reshape(-1)
+            Ws = [weight(n) for n in names]
+            if t == "o":                       # one scale per V channel: maxima over its query heads
+                kv = _kv_of_o_inputs(model.config)                           # [d] -> v row
+                n_v = kv.max() + 1
+                a_v, w_v = np.zeros(n_v, np.float32), np.zeros(n_v, np.float32)
+                np.maximum.at(a_v, kv, a)
+                np.maximum.at(w_v, kv, np.abs(Ws[0]).max(axis=0))
+                s_prev = smooth_scales(a_v, [w_v[None]], alpha)              # [kv * hd]
+                s = s_prev[kv]                                               # [d]
+            else:
+                s = s_prev = smooth_scales(a, Ws, alpha)                     # [in]
+            p = f"blk.{i}.{prev}"
+            if kind == "norm":
+                norms[p] = model.norms[p] / s_prev
+            else:
+                W[p] = weight(p) / s_prev[:, None]                           # rows of the previous linear
+            W.update({n: Wn * s[None, :] for n, Wn in zip(names, Ws)})       # columns * s
+            scales[f"blk.{i}.{t}"] = s
+    new = model.with_norms(norms) if norms else model
+    return new.with_weights({n: DenseWeight(Wn) for n, Wn in W.items()}), scales
+
+
+def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str = "static",
+                         targets=tuple(TARGETS), progress: bool = False):
+    """SmoothQuant W8A8: calibrate ``max|X_j|`` (one pass), smooth, then int8 weights and activations.
+
+    Static per-tensor activation scales come from the same pass: a smoothed input's max is
+    ``max_j max|X_j| / s_j`` (equal to observing the smoothed model, up to float32 rounding).
+    """
+    alpha = _check_alpha(alpha)
+    targets = _check_targets(targets)
+    if mode not in ("static", "dynamic"):
+        raise ValueError(f"mode must be 'static' or 'dynamic', got {mode!r}")
+    ids = _check_calibration(calibration, "smoothquant-w8a8")
+    obs = calibrate(model, ids, lambda name: MinMaxObserver(bits=8, axis=0), progress=progress)
+    absmax = {n: o.absmax().reshape(-1) for n, o in obs.items()}             # {name: [in]}
+    smoothed, scales = smooth(model, absmax, alpha, targets)
+    if mode == "dynamic":
+        return quantize_w8a8(smoothed, mode="dynamic", progress=progress)
+    ranges = dict(absmax)
+    for key, s in scales.items():
+        _, i, t = key.split(".")
+        for n in TARGETS[t][1]:
+            ranges[f"blk.{i}.{n}"] = absmax[f"blk.{i}.{n}"] / s
+    return quantize_w8a8(smoothed, mode="static", static_absmax={n: float(r.max()) for n, r in ranges.items()},
+                         progress=progress)
+
+
+def _smoothquant(m: re.Match) -> Scheme:
+    alpha = _check_alpha(float(m["alpha"])) if m["alpha"] else ALPHA
+    mode = "dynamic" if m["dyn"] else "static"
+    targets = ("qkv", "gate_up") if m["paper"] else tuple(TARGETS)
+
+    def quantize_model(model, calibration, progress=True):
+        return quantize_smoothquant(model, calibration, alpha=alpha, mode=mode, targets=targets, progress=progress)
+
+    act = "per tensor, static" if mode == "static" else "per token, dynamic"
+    where = "norm-fed inputs only" if m["paper"] else "all linear inputs"
+    return Scheme(m.string, f"SmoothQuant (alpha {alpha:g}, {where}) + int8 weights per channel, "
+                            f"int8 activations {act}", quantize_model=quantize_model, needs_calibration=True)
+
+
+register_family(r"smoothquant-w8a8(?P<dyn>-dynamic)?(?P<paper>-norms)?(?:-a(?P<alpha>\d+(?:\.\d+)?))?",
+                _smoothquant, "smoothquant-w8a8[-dynamic][-norms][-a{alpha}]")

@@ -1,0 +1,166 @@
+"""Calibration observers (min-max, percentile, MSE search) and RTN with an observer (``rtn-...-mse``)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minq import affine, registry
+from minq.groups import quantize_groups
+from minq.observers import MinMaxObserver, MSEObserver, PercentileObserver, clip_error, make_observer
+from minq.ptq import quantize_weight_observed
+from minq.testing import assert_equal, float_arrays, weight_matrices
+
+
+def _sq_error(x, qp):
+    d = affine.fake_quantize(x, qp).astype(np.float64) - x
+    return float(np.sum(d * d))
+
+
+def _rows(draw_arr):
+    return draw_arr if draw_arr.ndim == 2 else draw_arr[None]
+
+
+@given(float_arrays(max_abs=1e3), st.integers(2, 8), st.booleans())
+def test_mse_observer_never_worse_than_minmax(x, bits, sym):
+    x = _rows(x)
+    kw = dict(bits=bits, symmetric=sym, axis=1)
+    mm = MinMaxObserver(**kw).update(x)
+    mse = MSEObserver(**kw).update(x)
+    qm, qs = mm.qparams(), mse.qparams()
+    for r in range(x.shape[0]):              # per channel: every row on its own
+        e_mm = _sq_error(x[r], affine.QParams(qm.s[r], qm.z[r], bits, sym))
+        e_mse = _sq_error(x[r], affine.QParams(qs.s[r], qs.z[r], bits, sym))
+        assert e_mse <= e_mm * (1 + 1e-12) + 1e-30
+
+
+@given(weight_matrices(), st.sampled_from([2, 3, 4]), st.booleans())
+def test_rtn_mse_weight_error_never_worse_than_rtn_per_group(Wg, bits, sym):
+    W, g = Wg
+    ref = quantize_groups(W, bits=bits, group_size=g, symmetric=sym)
+    got = quantize_weight_observed(W, bits=bits, group_size=g, symmetric=sym, observer="mse")
+    err = lambda c: ((c.dequantize().astype(np.float64) - W) ** 2).reshape(W.shape[0], -1, g).sum(-1)  # noqa: E731
+    assert (err(got) <= err(ref) * (1 + 1e-12) + 1e-30).all()
+    assert got.bits_per_weight == ref.bits_per_weight
+
+
+@given(weight_matrices(), st.integers(1, 8), st.booleans(), st.sampled_from([None, -1, "g"]))
+def test_minmax_observer_reproduces_quantize_groups(Wg, bits, sym, gran):
+    W, g = Wg
+    if sym and bits < 2:
+        bits = 2
+    group = g if gran == "g" else gran
+    ref = quantize_groups(W, bits=bits, group_size=group, symmetric=sym)
+    got = quantize_weight_observed(W, bits=bits, group_size=group, symmetric=sym, observer="minmax")
+    assert_equal(got.codes, ref.codes)
+    assert_equal(got.s, ref.s)
+    assert_equal(got.dequantize(), ref.dequantize())
+
+
+@given(float_arrays(max_abs=1e3, dims=(2, 2)), st.integers(2, 8))
+def test_minmax_qparams_equal_choose_qparams(x, bits):
+    for sym in (True, False):
+        for axis in (None, 0, 1):
+            got = MinMaxObserver(bits=bits, symmetric=sym, axis=axis).update(x).qparams()
+            want = affine.choose_qparams(x, bits=bits, symmetric=sym, axis=axis)
+            assert_equal(got.s, want.s)
+            assert_equal(got.z, want.z)
+
+
+@given(float_arrays(max_abs=1e3), st.floats(50.01, 100), st.booleans())
+def test_percentile_range_stays_inside_minmax(x, p, sym):
+    o = PercentileObserver(p, symmetric=sym).update(x)
+    lo, hi = o.range()
+    assert lo <= hi
+    if sym:
+        assert 0 <= hi <= np.abs(x).max()
+    else:
+        assert x.min() <= lo and hi <= x.max()
+
+
+def test_percentile_100_is_minmax_and_lower_percentiles_clip(rng):
+    x = rng.standard_normal(10_000).astype(np.float32)
+    x[7] = 50
+    full = PercentileObserver(100, symmetric=False).update(x).range()
+    assert_equal(np.array(full), np.array(MinMaxObserver(symmetric=False).update(x).range()))
+    lo, hi = PercentileObserver(99.9, symmetric=False).update(x).range()
+    assert hi < 5 and lo > -5                                  # the outlier is clipped away
+
+
+def test_running_statistics_over_batches_equal_one_batch(rng):
+    X = rng.standard_normal((300, 16)).astype(np.float32) * rng.uniform(0.1, 10, 16).astype(np.float32)
+    for kind, kw in [("minmax", {}), ("percentile", {"percentile": 99.0})]:
+        one = make_observer(kind, axis=0, symmetric=False, **kw).update(X)
+        many = make_observer(kind, axis=0, symmetric=False, **kw)
+        for a in range(0, 300, 70):
+            many.update(X[a:a + 70])
+        assert_equal(np.array(many.range()), np.array(one.range()))
+        assert many.n == one.n == 300
+
+
+def test_sample_is_capped_uniform_and_from_the_data(rng):
+    o = MSEObserver(max_samples=1000, axis=0)
+    X = rng.standard_normal((5000, 3)).astype(np.float32)
+    for a in range(0, 5000, 1000):
+        o.update(X[a:a + 1000])
+    S = o.sample()                                             # [3 channels, 1000]
+    assert S.shape == (3, 1000)
+    rows = {tuple(r) for r in X}
+    assert all(tuple(c) in rows for c in S.T)                  # whole token rows, kept together
+    assert abs(float(S.mean())) < 0.1 and 0.9 < float(S.std()) < 1.1
+    assert o.lo.shape == (1, 3) and o.n == 5000
+
+
+def test_mse_search_prefers_clipping_with_an_outlier(rng):
+    x = rng.standard_normal(4096).astype(np.float32)
+    x[0] = 40
+    o = MSEObserver(bits=4, symmetric=True).update(x)
+    lo, hi = o.range()
+    assert hi < 0.9 * 40                                       # clipped
+    e = lambda lo, hi: float(clip_error(x[None], np.reshape(lo, (1, 1)), np.reshape(hi, (1, 1)), o)[0, 0])  # noqa: E731
+    assert e(lo, hi) < e(-40, 40)
+    assert o.ratios()[0] == 1 and len(o.ratios()) == 80
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: PercentileObserver(50), "percentile"),
+    (lambda: PercentileObserver(100.5), "percentile"),
+    (lambda: PercentileObserver(float("nan")), "percentile"),
+    (lambda: PercentileObserver(True), "percentile"),
+    (lambda: MSEObserver(grid=0), "grid"),
+    (lambda: MSEObserver(max_shrink=1.0), "max_shrink"),
+    (lambda: MinMaxObserver(bits=9), "bits"),
+    (lambda: MinMaxObserver(bits=1, symmetric=True), "bits"),
+    (lambda: MinMaxObserver(max_samples=0), "max_samples"),
+    (lambda: make_observer("histogram"), "kind"),
+])
+def test_bad_observer_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_observer_data():
+    o = MinMaxObserver(axis=0)
+    with pytest.raises(ValueError, match="no data"):
+        o.qparams()
+    with pytest.raises(ValueError, match="NaN"):
+        o.update(np.array([[1.0, np.nan]], np.float32))
+    with pytest.raises(TypeError, match="x"):
+        o.update(np.array([[1, 2]]))
+    o.update(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        o.update(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match="sample"):
+        o.sample()
+
+
+def test_rtn_mse_schemes_are_registered(rng):
+    W = rng.standard_normal((8, 128)).astype(np.float32)
+    s = registry.get("rtn-w4g64-mse")
+    assert "MSE" in s.description and not s.needs_calibration
+    Wq = s.quantize_weight(W)
+    assert Wq.bits == 4 and Wq.g == 64 and not Wq.symmetric
+    assert registry.get("rtn-w3-sym-mse").quantize_weight(W).symmetric
+    for bad in ("rtn-w9-mse", "rtn-w4g0-mse", "rtn-w1-sym-mse"):
+        with pytest.raises(ValueError, match="scheme"):
+            registry.get(bad)
