@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq._backend import is_torch
-from minq._checks import check_bits, check_choice, check_float_array, check_uint_array
+from minq._checks import _all_finite, check_bits, check_choice, check_float_array, check_uint_array
 
 __all__ = ["QParams", "choose_qparams", "quantize", "dequantize", "fake_quantize", "ROUNDING"]
 
@@ -257,14 +257,6 @@ def _valid_scale(op, s):
     if not _all_finite(s):
         raise ValueError("x spans a range too large for a float32 scale (max - min overflows)")
     return op.maximum(s, _F32_TINY)
-
-
-def _all_finite(a) -> bool:
-    if is_torch(a):
-        import torch
-
-        return bool(torch.isfinite(a).all())
-    return bool(np.isfinite(a).all())
 
 
 def _check_qparams(qp, x):
