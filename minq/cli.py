@@ -44,8 +44,8 @@ def _run(args) -> int:
     import minq
 
     if args.cmd == "schemes":
-        for name in registry.SCHEMES:
-            print(f"{name:16s} {registry.get(name).description}")
+        for name in registry.default_schemes():
+            print(f"{name:24s} {registry.get(name).description}")
         return 0
     if args.cmd == "fetch":
         from minq import assets

@@ -12,7 +12,8 @@ set ``needs_calibration`` and supply their own ``quantize_model``. Embeddings an
 
 Names are parsed, not listed one by one: ``rtn-w{bits}`` is round-to-nearest per output channel,
 ``rtn-w{bits}g{group}`` per group of ``group`` inputs; asymmetric (integer zero point) by default,
-``-sym`` for symmetric. ``SCHEMES`` holds the names the report runs by default. Later chapters
+``-sym`` for symmetric. ``SCHEMES`` holds the RTN names the report runs by default; each method module adds its own
+``SCHEMES`` list (``default_schemes()`` gathers them). Later chapters
 register their own families with ``register_family``.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from minq.groups import quantize_groups
 
-__all__ = ["Scheme", "get", "register_family", "quantize_linears", "SCHEMES", "known"]
+__all__ = ["Scheme", "get", "register_family", "quantize_linears", "SCHEMES", "known", "default_schemes"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,18 @@ def get(name: str) -> Scheme:
 
 def known() -> list[str]:
     return list(SCHEMES)
+
+
+def default_schemes() -> list[str]:
+    """The schemes ``minq report`` runs by default: the RTN ``SCHEMES`` here, then each method module's
+    own ``SCHEMES`` list (chapter order of ``METHOD_MODULES``), without repeats."""
+    import importlib
+
+    _load_methods()
+    names = list(SCHEMES)
+    for mod in METHOD_MODULES:
+        names += [n for n in getattr(importlib.import_module(mod), "SCHEMES", []) if n not in names]
+    return names
 
 
 def _rtn(m: re.Match) -> Scheme:

@@ -34,14 +34,14 @@ def run_report(model="smollm2", schemes=None, out_dir="minq-report", *, max_toke
                window: int = 512, progress: bool = True) -> list[dict]:
     """Quantize ``model`` (a name, a .gguf path or a loaded model) with each scheme and evaluate it.
 
-    schemes: scheme names (default ``registry.SCHEMES``); unknown names fail before any work.
+    schemes: scheme names (default ``registry.default_schemes()``); unknown names fail before any work.
     Returns the rows (the first one is the unquantized reference) and writes report.md / report.png.
     """
     import minq
     from minq.data import eval_tokens
     from minq.eval import perplexity
 
-    schemes = list(registry.SCHEMES if schemes is None else schemes)
+    schemes = list(registry.default_schemes() if schemes is None else schemes)
     if not schemes:
         raise ValueError("schemes is empty")
     for name in schemes:  # unknown names fail before any work

@@ -145,3 +145,14 @@ def test_cli(tmp_path, capsys):
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().out
     assert main(["schemes"]) == 0
     assert "rtn-w3g64-sym" in capsys.readouterr().out
+
+
+def test_default_schemes_gather_every_method_module_without_repeats():
+    import importlib
+
+    names = registry.default_schemes()
+    assert names[: len(registry.SCHEMES)] == registry.SCHEMES and len(names) == len(set(names))
+    for mod in registry.METHOD_MODULES:
+        assert set(getattr(importlib.import_module(mod), "SCHEMES", [])) <= set(names)
+    for name in names:
+        assert registry.get(name).name == name
