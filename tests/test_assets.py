@@ -124,3 +124,12 @@ def test_fetch_smollm2_real():
     path = assets.fetch("smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert assets.sha256_file(path) == assets.ASSETS["smollm2"].files[path.name][1]
+
+
+def test_fetch_minilm_real_includes_the_sentence_bert_config():
+    """MiniLM's files, sentence_bert_config.json (max_seq_length) among them, as recorded."""
+    path = assets.fetch("minilm")
+    files = assets.ASSETS["minilm"].files
+    assert "sentence_bert_config.json" in files
+    for name, (_, sha) in files.items():
+        assert assets.sha256_file(path.parent / name) == sha, name

@@ -6,6 +6,7 @@ pipeline of all-MiniLM-L6-v2 (Transformer -> Pooling(mean) -> Normalize), writte
 Acceptance bar: cosine > 0.99999 for every sentence.
 """
 
+import json
 import math
 
 import numpy as np
@@ -245,6 +246,18 @@ def test_from_safetensors_bad_files(tmp_path, folder):
         BertEncoder.from_safetensors(tmp_path / "model.safetensors")
     (tmp_path / "pooling_config.json").write_text('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}')
     with pytest.raises(ValueError, match="mean pooling"):
+        BertEncoder.from_safetensors(tmp_path / "model.safetensors")
+
+
+def test_max_seq_length_comes_from_sentence_bert_config(tmp_path, folder):
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+    for f in ("config.json", "tokenizer.json", "model.safetensors"):
+        (tmp_path / f).symlink_to(folder / f)
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 16}')
+    m = BertEncoder.from_safetensors(tmp_path / "model.safetensors")
+    assert m.config.max_seq_length == 16 and len(m.tokenizer.encode(LONG)) == 16
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
+    with pytest.raises(ValueError, match="max_seq_length"):
         BertEncoder.from_safetensors(tmp_path / "model.safetensors")
 
 

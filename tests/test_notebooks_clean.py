@@ -9,9 +9,14 @@ NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
 
+# The chapters written so far; later ones (07_awq, ...) are checked by the tests below as soon as they exist.
+REQUIRED = ("01_float_formats.ipynb", "02_scale_zero_point.ipynb", "03_group_quantization.ipynb",
+            "04_ptq.ipynb", "06_gptq.ipynb")
+
+
 def test_chapter_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    for want in ("01_float_formats.ipynb", "02_scale_zero_point.ipynb", "03_group_quantization.ipynb"):
+    for want in REQUIRED:
         assert want in names, f"missing notebook {want}"
 
 

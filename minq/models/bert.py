@@ -35,9 +35,10 @@ name. ``model.with_weights({name: Wq})`` returns the same model with other weigh
 ``LlamaModel.with_weights``; each weight is dequantized once, when the model is built.
 
 Tokenizer: WordPiece from ``tokenizer.json`` (the ``tokenizers`` library), lower-casing, ``[CLS]``
-and ``[SEP]`` added, truncated to ``max_seq_length`` = 256 tokens as sentence-transformers'
-``sentence_bert_config.json`` says (tokenizer.json itself says 128 and pads to 128; both settings are
-replaced here — padding is done per batch, to the longest sentence).
+and ``[SEP]`` added, truncated to ``max_seq_length`` tokens as sentence-transformers'
+``sentence_bert_config.json`` says (256 for all-MiniLM-L6-v2; the file is one of the cached asset
+files). tokenizer.json itself says 128 and pads to 128; both settings are replaced here — padding is
+done per batch, to the longest sentence.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ __all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax"
 LINEARS = ("attention.query", "attention.key", "attention.value", "attention.output",
            "intermediate", "output")
 
-# all-MiniLM-L6-v2's sentence_bert_config.json: {"max_seq_length": 256}. That file is not among the
-# cached asset files, so its value is recorded here (a sentence_bert_config.json found beside the
-# weights wins).
+# The truncation length when no sentence_bert_config.json lies beside the weights (all-MiniLM-L6-v2's
+# own file, cached by minq.assets, says {"max_seq_length": 256}; it is read, this is only the fallback).
 MAX_SEQ_LENGTH = 256
 
 # safetensors name of each linear in layer i (the bias is the same name with ".bias").
@@ -259,7 +259,9 @@ class BertEncoder:
         max_seq = MAX_SEQ_LENGTH
         sbert = folder / "sentence_bert_config.json"
         if sbert.is_file():
-            max_seq = int(json.loads(sbert.read_text()).get("max_seq_length", max_seq))
+            max_seq = json.loads(sbert.read_text()).get("max_seq_length", max_seq)
+            if isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 2:
+                raise ValueError(f"{sbert}: max_seq_length must be an int >= 2 ([CLS] and [SEP]), got {max_seq!r}")
         cfg = BertConfig.from_json(json.loads((folder / "config.json").read_text()), max_seq)
 
         t = load_file(str(path))
