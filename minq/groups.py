@@ -6,7 +6,11 @@ The granularity descriptor of all of minq (DESIGN.md §2) is ``group_size``:
     -1          per channel   one (s, z) per output row:            s [out, 1]
     g > 0       per group     one (s, z) per g inputs of each row:  s [out, in / g]
 
-A group size that does not divide ``in`` is rejected (no ragged last group). Smaller groups follow
+A group size that does not divide ``in`` is rejected, unless asked for: ``quantize_groups(...,
+ragged=True)`` (and ``quantize_ragged`` for any per-group quantizer) makes the last group of each row
+the ``in mod g`` inputs that remain, stored as ``minq.gptq`` stores its ragged groups: at width
+``gcd(g, in)``, each group's parameters repeated (``ragged_group_size`` records ``g``; ``nbytes``
+counts each group's parameters once, as a ragged layout stores them). Smaller groups follow
 the local range more closely — the error bound ``|w - w_hat| <= s/2`` only shrinks from per tensor to
 per channel to per group — but every group stores its own scale (and zero point):
 
@@ -33,7 +37,7 @@ from minq._checks import check_bits, check_choice, check_float_array, check_uint
 from minq._jit import njit, prange
 from minq.packing import pack, unpack
 
-__all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "GroupedAffine"]
+__all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "quantize_ragged", "GroupedAffine"]
 
 
 def resolve_group_size(group_size, n_in: int) -> int:
@@ -48,7 +52,7 @@ def resolve_group_size(group_size, n_in: int) -> int:
         return n_in
     if n_in % group_size:
         raise ValueError(f"group_size={group_size} does not divide the input dimension {n_in} "
-                         f"(ragged groups are not supported)")
+                         f"(ragged groups only when asked for: quantize_groups(..., ragged=True))")
     return int(group_size)
 
 
@@ -78,6 +82,9 @@ class GroupedAffine:
     z:      None (symmetric: z = 2^(bits-1), not stored)
             | uint8 [out * n_groups * bits / 8] integer zero points, packed as one stream
             | float16/32 [out, n_groups] float zero points
+    ragged_group_size: None, or the group size ``g`` the parameters were chosen for when ``g`` does
+        not divide ``in`` (``quantize_ragged``): groups ``[j g, (j+1) g)`` and a last one of ``in mod g``
+        inputs, stored at width ``group_size = gcd(g, in)`` with each group's parameters repeated.
     """
 
     packed: object
@@ -88,6 +95,7 @@ class GroupedAffine:
     group_size: object
     symmetric: bool = False
     zero_point: str = "int"
+    ragged_group_size: object = None
 
     @classmethod
     def from_codes(cls, q, s, z, *, bits: int, group_size, zero_point: str = "int") -> GroupedAffine:
@@ -138,7 +146,14 @@ class GroupedAffine:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of storage: packed codes + scales + stored zero points."""
+        """Bytes of storage: packed codes + scales + stored zero points (ragged groups: the parameters
+        of each group counted once, ``ceil(in / g)`` per row, not the repeats of this container)."""
+        if self.ragged_group_size is not None:
+            out, n_in = self.shape
+            n = out * -(-n_in // self.ragged_group_size)                # parameters of a ragged layout
+            z_bytes = 0 if self.z is None else (-(-n * self.bits // 8) if self.zero_point == "int"
+                                                else n * _itemsize(self.z))
+            return _nbytes(self.packed) + n * _itemsize(self.s) + z_bytes
         z_bytes = 0 if self.z is None else _nbytes(self.z)
         return _nbytes(self.packed) + _nbytes(self.s) + z_bytes
 
@@ -186,6 +201,10 @@ def _nbytes(a) -> int:
     return int(a.numel() * a.element_size()) if is_torch(a) else int(a.nbytes)
 
 
+def _itemsize(a) -> int:
+    return int(a.element_size()) if is_torch(a) else int(a.itemsize)
+
+
 def _f32(a):
     return a.float() if is_torch(a) else a.astype(np.float32)
 
@@ -199,18 +218,26 @@ def _full_like_f32(a, v):
 
 
 def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zero_point: str = "int",
-                    scale_dtype: str = "float16") -> GroupedAffine:
+                    scale_dtype: str = "float16", ragged: bool = False) -> GroupedAffine:
     """Round-to-nearest min-max quantization of ``W [out, in]`` per tensor / channel / group.
 
     Returns a ``GroupedAffine``. Guarantee (tests/test_groups.py): ``|W - W_hat| <= s/2 + 2^-22 (|W| + s)``
     elementwise, with ``s`` the stored scale of the element's group (float zero points: for
     elements inside the stored grid's range). The codes equal ``affine.quantize(group(W), c.qparams())``
     exactly: quantization uses the parameters as stored (a float zero point rounded to the scale dtype).
+
+    ragged: when ``group_size`` does not divide ``in``, quantize with a ragged last group
+    (``quantize_ragged``) instead of raising.
     """
     check_float_array(W, "W", ndim=2)
     bits = check_bits(bits)
     check_choice(zero_point, "zero_point", affine.ZERO_POINT)
+    if not isinstance(ragged, bool):
+        raise TypeError(f"ragged must be a bool, got {type(ragged).__name__}")
     out, n_in = W.shape
+    if ragged and _is_ragged(group_size, n_in):
+        return quantize_ragged(W, group_size, lambda Wp, g: quantize_groups(
+            Wp, bits=bits, group_size=g, symmetric=symmetric, zero_point=zero_point, scale_dtype=scale_dtype))
     g = resolve_group_size(group_size, n_in)
     Wg = W.reshape(out, n_in // g, g)                                    # [out, in] -> [out, G, g]
     axis = None if _per_tensor(group_size) else -1
@@ -229,6 +256,60 @@ def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zer
     z = None if symmetric else qp.z[..., 0]
     return GroupedAffine.from_codes(q, qp.s[..., 0], z, bits=bits, group_size=group_size,
                                     zero_point=zero_point)
+
+def _is_ragged(group_size, n_in) -> bool:
+    """A positive int group size that does not divide ``n_in`` (anything else: ``resolve_group_size``)."""
+    return (not isinstance(group_size, bool) and isinstance(group_size, (int, np.integer)) and group_size > 0
+            and n_in % group_size != 0)
+
+
+def quantize_ragged(W, group_size: int, quantize) -> GroupedAffine:
+    """``W [out, in]`` in groups of ``g = group_size`` inputs and a ragged last group of ``in mod g``.
+
+    quantize(W_part, group_size) -> GroupedAffine is any per-group quantizer (``quantize_groups``, an
+    observer's RTN): it runs on ``W[:, :k g]`` with ``g`` (``k = in // g``) and on the remaining
+    ``W[:, k g:]`` with ``-1`` (that tail is one group per row). The parts are joined in the layout of
+    ``minq.gptq``'s ragged groups: codes side by side, parameters at width ``gcd(g, in)``, each
+    repeated, ``ragged_group_size = g``. A ``g`` that divides ``in`` is passed through unchanged.
+    """
+    from dataclasses import replace
+    from math import gcd
+
+    check_float_array(W, "W", ndim=2)
+    out, n_in = W.shape
+    if not _is_ragged(group_size, n_in):
+        return quantize(W, group_size)
+    g = int(group_size)
+    if g > n_in:
+        raise ValueError(f"group_size={g} is larger than the input dimension {n_in}")
+    k, gs = n_in // g, gcd(g, n_in)
+    head, tail = quantize(W[:, :k * g], g), quantize(W[:, k * g:], -1)
+    for part in (head, tail):
+        if not isinstance(part, GroupedAffine) or part.symmetric != head.symmetric \
+                or part.zero_point != head.zero_point or part.bits != head.bits:
+            raise ValueError("quantize must return GroupedAffine parts of one kind (bits, symmetry, zero point)")
+    reps = [g // gs] * k + [(n_in - k * g) // gs]                         # stored columns per group
+    cat, rep = (_torch_cat, _torch_repeat) if is_torch(W) else (np.concatenate, np.repeat)
+    q = cat([head.codes, tail.codes], axis=1)                             # [out, in]
+    s = rep(cat([head.s, tail.s], axis=1), reps, axis=1)                  # [out, in / gs]
+    z = None
+    if not head.symmetric:
+        z = rep(cat([head.qparams().z[..., 0], tail.qparams().z[..., 0]], axis=1), reps, axis=1)
+    c = GroupedAffine.from_codes(q, s, z, bits=head.bits, group_size=gs, zero_point=head.zero_point)
+    return replace(c, ragged_group_size=g)
+
+
+def _torch_cat(parts, axis):
+    import torch
+
+    return torch.cat(parts, dim=axis)
+
+
+def _torch_repeat(a, reps, axis):
+    import torch
+
+    return torch.repeat_interleave(a, torch.as_tensor(reps, device=a.device), dim=axis)
+
 
 def ungroup_codes(qg):
     return qg.reshape(qg.shape[0], -1)

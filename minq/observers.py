@@ -36,11 +36,13 @@ import numpy as np
 
 from minq import affine
 from minq._checks import check_bits, check_choice, check_float_array
+from minq._jit import JIT_ENABLED, njit, prange
 
 __all__ = ["Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "make_observer", "OBSERVERS",
-           "clip_error"]
+           "clip_error", "mse_search", "MSE_IMPLS"]
 
 OBSERVERS = ("minmax", "percentile", "mse")
+MSE_IMPLS = ("auto", "numpy", "numba")
 
 
 class Observer:
@@ -166,17 +168,22 @@ class PercentileObserver(Observer):
 class MSEObserver(Observer):
     """The range ``r * [min, max]`` whose fake quantization of the sample has the least squared error,
     per channel, over ``r = 1 - i / grid`` for ``i = 0 .. grid * max_shrink - 1``. ``r = 1`` (min-max)
-    is a candidate and wins ties, so the error is never above min-max's on the sample."""
+    is a candidate and wins ties, so the error is never above min-max's on the sample.
+
+    impl: ``"numpy"`` (the reference: one candidate at a time over all channels), ``"numba"`` (one
+    pass per channel over all candidates, channels in parallel; the same ranges bit for bit,
+    tests/test_observers.py) or ``"auto"`` (Numba when JIT is on)."""
 
     kind = "mse"
 
-    def __init__(self, *, grid: int = 100, max_shrink: float = 0.8, **kw):
+    def __init__(self, *, grid: int = 100, max_shrink: float = 0.8, impl: str = "auto", **kw):
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
         if not 0 < max_shrink < 1:
             raise ValueError(f"max_shrink must be in (0, 1), got {max_shrink!r}")
+        check_choice(impl, "impl", MSE_IMPLS)
         super().__init__(**kw)
-        self.grid, self.max_shrink = int(grid), float(max_shrink)
+        self.grid, self.max_shrink, self.impl = int(grid), float(max_shrink), impl
 
     def ratios(self):
         """The candidate shrink factors ``r``, largest (1 = min-max) first."""
@@ -184,16 +191,41 @@ class MSEObserver(Observer):
 
     def range(self):
         self._check_seen()
-        v = self._sample                                                   # [C, k]
         lo, hi = self.lo.reshape(-1, 1), self.hi.reshape(-1, 1)            # [C, 1]
-        best_err = np.full(lo.shape, np.inf)
-        best_r = np.ones(lo.shape, np.float32)
-        for r in self.ratios():                                            # one candidate at a time: [C, k]
-            err = clip_error(v, np.float32(r) * lo, np.float32(r) * hi, self)  # [C, 1]
-            better = err < best_err                                        # strict: r = 1 wins ties
-            best_err, best_r = np.where(better, err, best_err), np.where(better, np.float32(r), best_r)
+        best_r, _ = mse_search(self._sample, lo, hi, self, impl=self.impl)  # [C, 1]
         shape = self.lo.shape
         return (best_r * lo).reshape(shape), (best_r * hi).reshape(shape)
+
+
+def mse_search(v, lo, hi, obs, impl: str = "auto"):
+    """The MSE search of ``MSEObserver``: ``(best r [C, 1] float32, its error [C, 1] float64)`` for the
+    values ``v [C, k]`` of each channel, the ranges ``r * [lo, hi]`` (``[C, 1]``) over ``obs.ratios()``,
+    on ``obs``'s grid (bits, symmetry, zero point, scale dtype).
+
+    ``"numpy"`` is the reference loop below; ``"numba"`` computes the parameters of every candidate the
+    same way (``_qparams_of_range`` on ``[C, R]`` ranges) and runs ``_mse_search_kernel``, which repeats
+    ``affine.fake_quantize``'s float32 operations and sums the squared errors in float64 in the same
+    (sequential) order as ``clip_error``: equal results, bit for bit.
+    """
+    check_choice(impl, "impl", MSE_IMPLS)
+    ratios = obs.ratios()
+    if impl == "numpy" or impl == "auto" and not JIT_ENABLED:
+        best_err = np.full(lo.shape, np.inf)
+        best_r = np.ones(lo.shape, np.float32)
+        for r in ratios:                                                   # one candidate at a time: [C, k]
+            err = clip_error(v, np.float32(r) * lo, np.float32(r) * hi, obs)   # [C, 1]
+            better = err < best_err                                        # strict: r = 1 wins ties
+            best_err, best_r = np.where(better, err, best_err), np.where(better, np.float32(r), best_r)
+        return best_r, best_err
+    r32 = ratios.astype(np.float32)[None, :]                               # [1, R]
+    qp = _qparams_of_range(r32 * lo, r32 * hi, obs)                        # s, z [C, R]
+    s = np.ascontiguousarray(qp.s, dtype=np.float32)
+    z = np.ascontiguousarray(np.broadcast_to(qp.z, s.shape), dtype=np.float32)
+    best = np.empty(len(v), np.int64)
+    best_err = np.empty(len(v), np.float64)
+    _mse_search_kernel(np.ascontiguousarray(v, dtype=np.float32), s, z, np.float32(qp.qmax),
+                       qp.zero_point == "float", best, best_err)
+    return r32[0, best][:, None], best_err[:, None]
 
 
 def _qparams_of_range(lo, hi, obs) -> affine.QParams:
@@ -206,15 +238,40 @@ def _qparams_of_range(lo, hi, obs) -> affine.QParams:
 
 
 def clip_error(v, lo, hi, obs):
-    """``sum (v - x_hat)^2`` per row (float64 ``[C, 1]``) of ``v [C, k]`` quantized on the grid of
-    the range ``[lo, hi]`` (``[C, 1]``) with the observer's bits / symmetry / zero point / scale dtype."""
+    """``sum (v - x_hat)^2`` per row (float64 ``[C, 1]``, summed left to right) of ``v [C, k]`` quantized
+    on the grid of the range ``[lo, hi]`` (``[C, 1]``) with the observer's bits / symmetry / zero point /
+    scale dtype."""
     qp = _qparams_of_range(lo, hi, obs)                                   # s, z [C, 1]
-    d = affine.fake_quantize(v, qp) - v
-    return np.einsum("ck,ck->c", d, d, dtype=np.float64)[:, None]
+    d = (affine.fake_quantize(v, qp) - v).astype(np.float64)               # [C, k]; d * d is exact
+    return np.cumsum(d * d, axis=1)[:, -1:]                                # summed left to right
+
+
+@njit(parallel=True)
+def _mse_search_kernel(v, s, z, qmax, float_zero_point, best, best_err):
+    # v [C, k] float32; s, z [C, R] float32 (candidate r: column r) -> best [C] index, best_err [C]
+    C, k = v.shape
+    R = s.shape[1]
+    for c in prange(C):
+        sc = s[c]
+        z_int = np.floor(z[c]) if float_zero_point else z[c].copy()   # as affine.quantize: only the
+        z_frac = z[c] - z_int                                          # fraction of z joins the rounding
+        err = np.zeros(R, np.float64)
+        for i in range(k):                       # each candidate's sum runs left to right, as clip_error
+            x = v[c, i]
+            for r in range(R):                   # the candidates side by side (vectorised)
+                q = np.rint(x / sc[r] + z_frac[r]) + z_int[r]
+                q = min(max(q, np.float32(0.0)), qmax)
+                d = sc[r] * (q - z[c, r]) - x    # x_hat - x, float32 as affine.fake_quantize
+                err[r] += np.float64(d) * np.float64(d)
+        b = 0
+        for r in range(1, R):                    # strict: the first (largest) r wins ties
+            if err[r] < err[b]:
+                b = r
+        best[c], best_err[c] = b, err[b]
 
 
 def make_observer(kind: str = "minmax", **kw) -> Observer:
     """An observer by name: ``"minmax"``, ``"percentile"`` (``percentile=``) or ``"mse"``
-    (``grid=``, ``max_shrink=``); the other keywords go to ``Observer``."""
+    (``grid=``, ``max_shrink=``, ``impl=``); the other keywords go to ``Observer``."""
     check_choice(kind, "kind", OBSERVERS)
     return {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}[kind](**kw)

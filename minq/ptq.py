@@ -29,6 +29,11 @@ float32 rounding on real layers. The outlier mode decides its columns per call, 
 windows ``minq.eval.nll`` sends (as bitsandbytes decides per batch): its perplexity can depend, very
 slightly, on ``batch_size``.
 
+Both testbeds: the Llama decoder, and the MiniLM encoder (``minq.models.bert``, the same hooks; its
+hooks see the real tokens of a padded batch only). Calibration for the encoder is token ids
+``[n, T]`` padded with ``[PAD]`` (``sentence_calibration`` builds them from minq's calibration text);
+``ActQuantModel.embed(texts)`` then gives sentence embeddings through the quantized inputs.
+
 SmoothQuant (``smoothquant-w8a8``) is in ``minq.smoothquant``. Notebook: ``notebooks/04_ptq.ipynb``.
 """
 
@@ -39,12 +44,12 @@ import re
 import numpy as np
 
 from minq import affine
-from minq.groups import GroupedAffine, quantize_groups, resolve_group_size
+from minq.groups import GroupedAffine, quantize_groups, quantize_ragged, resolve_group_size
 from minq.observers import make_observer
 from minq.registry import Scheme, register_family
 
 __all__ = ["quantize_weight_observed", "Int8Activations", "int8_matmul", "int8_weight", "ActQuantModel",
-           "calibrate", "quantize_w8a8", "MODES"]
+           "calibrate", "quantize_w8a8", "sentence_calibration", "MODES", "SCHEMES"]
 
 MODES = ("static", "dynamic", "outlier")
 
@@ -53,13 +58,18 @@ MODES = ("static", "dynamic", "outlier")
 
 
 def quantize_weight_observed(W, *, bits: int, group_size=-1, symmetric: bool = False, observer: str = "mse",
-                             **observer_kw) -> GroupedAffine:
+                             ragged: bool = False, **observer_kw) -> GroupedAffine:
     """``quantize_groups`` with the range of each group chosen by an observer (``minq.observers``).
 
     ``W [out, in] -> [out, in/g, g]``; one observer reduces the last axis (per tensor: all axes).
     Scales are stored as float16 (rounded up) and the codes use the stored scale, as in
-    ``quantize_groups``; ``observer="minmax"`` reproduces ``quantize_groups`` exactly.
+    ``quantize_groups``; ``observer="minmax"`` reproduces ``quantize_groups`` exactly (``ragged`` too:
+    a ragged last group when ``group_size`` does not divide ``in``, ``minq.groups.quantize_ragged``).
+    ``observer_kw`` go to the observer (e.g. ``impl="numpy"`` for the MSE search's NumPy reference).
     """
+    if ragged:
+        return quantize_ragged(W, group_size, lambda Wp, g: quantize_weight_observed(
+            Wp, bits=bits, group_size=g, symmetric=symmetric, observer=observer, **observer_kw))
     out, n_in = W.shape
     g = resolve_group_size(group_size, n_in)
     per_tensor = group_size is None or group_size == 0
@@ -90,6 +100,28 @@ def _rtn_observed(m: re.Match) -> Scheme:
 
 register_family(r"(?P<base>rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?)-mse", _rtn_observed,
                 "rtn-w{bits}[g{group}][-sym]-mse")
+
+
+def _rtn_ragged(m: re.Match) -> Scheme:
+    """``rtn-w{bits}g{group}[-sym]-ragged[-mse]``: RTN with a ragged last group where ``group`` does not
+    divide a linear's inputs (SmolLM2: g128 on 576 inputs = 4 groups of 128 + 1 of 64). The plain
+    ``rtn-w4g128`` of ``minq.registry`` rejects such a linear; this name asks for the ragged layout."""
+    from minq.registry import get
+
+    base = get(f"rtn-w{m['bits']}g{m['group']}{m['sym'] or ''}")          # validates bits / group
+    bits, group, sym, mse = int(m["bits"]), int(m["group"]), m["sym"] is not None, m["mse"] is not None
+
+    def quantize_weight(W):
+        return quantize_weight_observed(W, bits=bits, group_size=group, symmetric=sym, ragged=True,
+                                        observer="mse" if mse else "minmax")
+
+    desc = base.description + ", ragged last group"
+    return Scheme(m.string, desc.replace("min-max", "MSE-searched clipping range") if mse else desc,
+                  quantize_weight=quantize_weight)
+
+
+register_family(r"rtn-w(?P<bits>\d+)g(?P<group>\d+)(?P<sym>-sym)?-ragged(?P<mse>-mse)?", _rtn_ragged,
+                "rtn-w{bits}g{group}[-sym]-ragged[-mse]")
 
 
 # --- activations: int8 per tensor (static), per token (dynamic), with outliers (LLM.int8) ----------
@@ -234,17 +266,39 @@ class ActQuantModel:
     def logits(self, ids, cache=None, *, last_only: bool = False, hooks=None):
         return self.model.logits(ids, cache, last_only=last_only, hooks=self._hooks(hooks))
 
+    def forward(self, ids, mask=None, *, hooks=None):
+        """An encoder's last hidden states (``BertEncoder.forward``) through the quantized inputs."""
+        self._need_encoder("forward")
+        return self.model.forward(ids, mask, hooks=self._hooks(hooks))
+
+    def embed(self, *args, hooks=None, **kw):
+        """Encoder: sentence embeddings of ``texts`` through the quantized inputs (``BertEncoder.embed``).
+        Decoder: the token embedding ``embed(ids)``, which runs no linear (no hooks)."""
+        if _is_encoder(self.model):
+            return self.model.embed(*args, hooks=self._hooks(hooks), **kw)
+        if hooks:
+            raise ValueError("a decoder's embed(ids) runs no linear: hooks go to logits or run_block")
+        return self.model.embed(*args, **kw)
+
+    def _need_encoder(self, what):
+        if not _is_encoder(self.model):
+            raise TypeError(f"{what} is the encoder's (MiniLM); a decoder has logits / run_block")
+
     def run_block(self, i, x, *, hooks=None):
         return self.model.run_block(i, x, hooks=self._hooks(hooks))
 
-    def capture_inputs(self, ids, names) -> dict:
-        """The (quantized) inputs of the linears ``names``: ``{name: X_hat [tokens, in]}``."""
+    def capture_inputs(self, ids, names, mask=None) -> dict:
+        """The (quantized) inputs of the linears ``names``: ``{name: X_hat [tokens, in]}`` (``mask``: an
+        encoder's padding mask, as ``BertEncoder.forward``)."""
         names = list(names)
         X = {}
 
         def keep(name, X_in):
             X[name] = X_in
 
+        if _is_encoder(self.model):
+            self.forward(ids, mask, hooks={n: keep for n in names})
+            return {n: X[n] for n in names}
         x = self.model.embed(np.asarray(ids) if np.ndim(ids) == 2 else np.asarray(ids)[None])
         for i in range(1 + max(int(n.split(".")[1]) for n in names)):
             x = self.run_block(i, x, hooks={n: keep for n in names})
@@ -255,6 +309,12 @@ class ActQuantModel:
 
     def with_norms(self, new: dict):
         return ActQuantModel(self.model.with_norms(new), self.act)
+
+
+def _is_encoder(model) -> bool:
+    from minq.models.bert import BertEncoder
+
+    return isinstance(model, BertEncoder)
 
 
 def _compose(q, fn):
@@ -283,8 +343,9 @@ def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bo
     """Observe the input of every linear over the calibration windows ``ids [n, seq]``.
 
     make(name) -> a fresh observer (``minq.observers``); linears that read the same input (the
-    runtime hands them the same array: q/k/v, gate/up) share one observer. Runs ``embed`` and
-    ``run_block`` only (no output head). Returns ``{name: observer}`` for every name of ``names``
+    runtime hands them the same array: q/k/v, gate/up) share one observer. A decoder runs ``embed``
+    and ``run_block`` only (no output head); an encoder runs ``forward`` with the mask ``ids != [PAD]``
+    (its hooks see the real tokens only). Returns ``{name: observer}`` for every name of ``names``
     (default all linears).
     """
     from tqdm.auto import tqdm
@@ -306,10 +367,29 @@ def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bo
     n_blocks = 1 + max(int(n.split(".")[1]) for n in names)
     for a in tqdm(range(0, len(ids), batch_size), desc="calibrate", unit="batch", disable=not progress,
                   leave=False):
-        x = model.embed(ids[a:a + batch_size])                              # [B, T, d]
+        batch = ids[a:a + batch_size]                                       # [B, T]
+        if _is_encoder(model):
+            model.forward(batch, batch != model.tokenizer.pad_id, hooks=hooks)
+            continue
+        x = model.embed(batch)                                              # [B, T, d]
         for i in range(n_blocks):
             x = model.run_block(i, x, hooks=hooks)
     return {n: obs[leader[n]] for n in names}
+
+
+def sentence_calibration(encoder, n_samples: int = 128, seed: int = 0):
+    """Calibration ids for an encoder: ``n_samples`` lines of minq's calibration text (lines of at least
+    40 characters, drawn without replacement by ``default_rng(seed)``), tokenized as sentences
+    (``[CLS] ... [SEP]``) and padded with ``[PAD]``: int64 ``[n_samples, T]``. ``minq.quantize``'s
+    default (windows of 512 tokens of one long text) does not suit a sentence encoder."""
+    from minq.data import calibration_text
+
+    lines = [t.strip() for t in calibration_text().splitlines() if len(t.strip()) >= 40]
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or not 1 <= n_samples <= len(lines):
+        raise ValueError(f"n_samples must be an int in 1..{len(lines)}, got {n_samples!r}")
+    pick = np.random.default_rng(seed).choice(len(lines), size=n_samples, replace=False)
+    ids, _ = encoder.tokenizer.batch([lines[i] for i in sorted(pick)])
+    return ids
 
 
 def quantize_w8a8(model, calibration=None, *, mode: str = "static", observer: str = "minmax",
@@ -384,3 +464,9 @@ def _llmint8(m: re.Match) -> Scheme:
 
 register_family(r"w8a8(?:-(?P<opt>dynamic|mse|p\d+(?:\.\d+)?))?", _w8a8, "w8a8[-dynamic|-mse|-p{percentile}]")
 register_family(r"llmint8(?:-t(?P<t>\d+(?:\.\d+)?))?", _llmint8, "llmint8[-t{threshold}]")
+
+# What ``minq report`` runs by default from this chapter (``registry.default_schemes()`` gathers it after
+# the RTN list of ``minq.registry``): W4 g128 (ragged on SmolLM2's 576 inputs), the MSE observer where
+# it is measured against min-max RTN, and the W8A8 family (SmoothQuant's rows: ``minq.smoothquant``).
+SCHEMES = ["rtn-w4g128-ragged", "rtn-w4g64-mse", "rtn-w3g64-mse", "rtn-w2g64-mse",
+           "w8a8", "w8a8-dynamic", "llmint8"]

@@ -45,7 +45,7 @@ from minq.observers import MinMaxObserver
 from minq.ptq import _check_calibration, calibrate, quantize_w8a8
 from minq.registry import Scheme, register_family
 
-__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA"]
+__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA", "SCHEMES"]
 
 ALPHA = 0.5
 # target -> (what absorbs 1/s: a norm gamma, or the rows of a linear; the linears whose columns get * s)
@@ -61,6 +61,12 @@ def _check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha (migration strength) must be a number in [0, 1], got {alpha!r}")
     return float(alpha)
+
+
+def _check_decoder(model):
+    if not (hasattr(model, "with_norms") and hasattr(model, "run_block")):
+        raise TypeError(f"SmoothQuant folds its scales into a Llama decoder's RMSNorm gammas and linears; "
+                        f"model is a {type(model).__name__} (MiniLM: use w8a8, w8a8-dynamic or llmint8)")
 
 
 def _check_targets(targets) -> tuple:
@@ -100,6 +106,7 @@ def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)
     Returns ``(smoothed model, {f"blk.{i}.{target}": s})``; ``s`` is per input channel of the target
     linears (for "o": per attn_output input, equal across the query heads of a KV head).
     """
+    _check_decoder(model)
     alpha = _check_alpha(alpha)
     targets = _check_targets(targets)
     norms, W, scales = {}, {}, {}
@@ -141,6 +148,7 @@ def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str 
     Static per-tensor activation scales come from the same pass: a smoothed input's max is
     ``max_j max|X_j| / s_j`` (equal to observing the smoothed model, up to float32 rounding).
     """
+    _check_decoder(model)
     alpha = _check_alpha(alpha)
     targets = _check_targets(targets)
     if mode not in ("static", "dynamic"):
@@ -176,3 +184,6 @@ def _smoothquant(m: re.Match) -> Scheme:
 
 register_family(r"smoothquant-w8a8(?P<dyn>-dynamic)?(?P<paper>-norms)?(?:-a(?P<alpha>\d+(?:\.\d+)?))?",
                 _smoothquant, "smoothquant-w8a8[-dynamic][-norms][-a{alpha}]")
+
+# What ``minq report`` runs by default from this module (``registry.default_schemes()``).
+SCHEMES = ["smoothquant-w8a8", "smoothquant-w8a8-dynamic"]

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minq import affine, registry
 from minq.groups import quantize_groups
-from minq.observers import MinMaxObserver, MSEObserver, PercentileObserver, clip_error, make_observer
+from minq.observers import MinMaxObserver, MSEObserver, PercentileObserver, clip_error, make_observer, mse_search
 from minq.ptq import quantize_weight_observed
 from minq.testing import assert_equal, float_arrays, weight_matrices
 
@@ -162,5 +162,118 @@ def test_rtn_mse_schemes_are_registered(rng):
     assert Wq.bits == 4 and Wq.g == 64 and not Wq.symmetric
     assert registry.get("rtn-w3-sym-mse").quantize_weight(W).symmetric
     for bad in ("rtn-w9-mse", "rtn-w4g0-mse", "rtn-w1-sym-mse"):
+        with pytest.raises(ValueError, match="scheme"):
+            registry.get(bad)
+
+
+# --- the Numba MSE search equals the NumPy reference ------------------------------------------------------
+
+
+@given(float_arrays(max_abs=1e3, dims=(2, 2)), st.integers(2, 8), st.sampled_from(["sym", "int", "float"]),
+       st.sampled_from(["float16", "float32"]), st.integers(1, 100))
+def test_numba_mse_search_equals_the_numpy_reference(x, bits, grid_kind, scale_dtype, grid):
+    """Same ranges, same errors, bit for bit: the kernel repeats fake_quantize's float32 operations and
+    clip_error's left-to-right float64 sum."""
+    kw = dict(bits=bits, symmetric=grid_kind == "sym", zero_point="int" if grid_kind == "sym" else grid_kind,
+              scale_dtype=scale_dtype, axis=1, grid=grid)
+    if scale_dtype == "float16" and np.abs(x).max() > 1e3:
+        return
+    ref = MSEObserver(impl="numpy", **kw).update(x)
+    fast = MSEObserver(impl="numba", **kw).update(x)
+    lo, hi = ref.lo.reshape(-1, 1), ref.hi.reshape(-1, 1)
+    r_ref, e_ref = mse_search(ref.sample(), lo, hi, ref, impl="numpy")
+    r_fast, e_fast = mse_search(fast.sample(), lo, hi, fast, impl="numba")
+    assert_equal(r_fast, r_ref)
+    assert_equal(e_fast, e_ref)
+    assert_equal(np.array(fast.range()), np.array(ref.range()))
+    assert_equal(fast.qparams().s, ref.qparams().s)
+
+
+@given(weight_matrices(), st.sampled_from([2, 3, 4, 8]), st.booleans())
+def test_rtn_mse_weights_equal_with_either_search(Wg, bits, sym):
+    W, g = Wg
+    a = quantize_weight_observed(W, bits=bits, group_size=g, symmetric=sym, observer="mse", impl="numpy")
+    b = quantize_weight_observed(W, bits=bits, group_size=g, symmetric=sym, observer="mse", impl="numba")
+    assert_equal(b.codes, a.codes)
+    assert_equal(b.s, a.s)
+
+
+def test_mse_search_on_real_weights_equal_and_clips(rng):
+    """A SmolLM2-shaped layer (4-bit g64, heavy-tailed weights): both searches agree and clip some groups."""
+    W = (rng.standard_t(3, (256, 576)) * 0.02).astype(np.float32)
+    a = quantize_weight_observed(W, bits=4, group_size=64, observer="mse", impl="numpy")
+    b = quantize_weight_observed(W, bits=4, group_size=64, observer="mse", impl="numba")
+    assert_equal(b.codes, a.codes)
+    assert_equal(b.s, a.s)
+    assert (a.s < quantize_groups(W, bits=4, group_size=64).s).mean() > 0.5      # most groups clipped
+
+
+def test_bad_mse_impl():
+    with pytest.raises(ValueError, match="impl"):
+        MSEObserver(impl="cuda")
+    o = MSEObserver().update(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="impl"):
+        mse_search(o.sample(), o.lo, o.hi, o, impl="torch")
+
+
+# --- ragged last groups (rtn-w4g128-ragged on 576 inputs) ---------------------------------------------------
+
+
+def _ragged_oracle(W, g, quantize):
+    """Each group of g inputs (and the ragged tail) quantized on its own as one per-channel block."""
+    return np.concatenate([quantize(W[:, a:a + g]).dequantize() for a in range(0, W.shape[1], g)], axis=1)
+
+
+@given(st.integers(1, 6), st.integers(2, 40), st.integers(2, 39), st.integers(1, 8), st.booleans(),
+       st.sampled_from(["int", "float"]), st.integers(0, 2**32 - 1))
+def test_ragged_groups_equal_quantizing_each_group_alone(out, n_in, g, bits, sym, zp, seed):
+    if g >= n_in or n_in % g == 0:
+        g = max(1, n_in - 1) if n_in > 2 else 1
+    if sym and (bits < 2 or zp == "float"):
+        bits, zp = max(bits, 2), "int"
+    W = np.random.default_rng(seed).standard_normal((out, n_in)).astype(np.float32)
+    kw = dict(bits=bits, symmetric=sym, zero_point=zp)
+    c = quantize_groups(W, group_size=g, ragged=True, **kw)
+    want = _ragged_oracle(W, g, lambda Wp: quantize_groups(Wp, group_size=-1, **kw))
+    assert_equal(c.dequantize(), want)
+    if n_in % g:
+        from math import gcd
+
+        n_groups = -(-n_in // g)
+        assert c.ragged_group_size == g and c.group_size == gcd(g, n_in)
+        z_bytes = 0 if sym else (-(-out * n_groups * bits // 8) if zp == "int" else 2 * out * n_groups)
+        assert c.nbytes == c.packed.nbytes + 2 * out * n_groups + z_bytes      # each group's s, z once
+
+
+def test_ragged_is_opt_in_and_mse_ragged_never_worse(rng):
+    W = (rng.standard_t(3, (64, 576)) * 0.02).astype(np.float32)
+    with pytest.raises(ValueError, match="group_size=128 does not divide the input dimension 576"):
+        quantize_groups(W, bits=4, group_size=128)                        # unchanged default
+    with pytest.raises(ValueError, match="group_size=128 does not divide"):
+        registry.get("rtn-w4g128").quantize_weight(W)
+    c = quantize_groups(W, bits=4, group_size=128, ragged=True)
+    assert c.bits_per_weight == 4 + 5 * (16 + 4) / 576                  # 4 groups of 128 + 1 of 64 per row
+    same = quantize_groups(W, bits=4, group_size=64, ragged=True)         # 64 divides 576: the plain layout
+    assert same.ragged_group_size is None
+    assert_equal(same.codes, quantize_groups(W, bits=4, group_size=64).codes)
+    mm = quantize_weight_observed(W, bits=4, group_size=128, observer="minmax", ragged=True)
+    assert_equal(mm.dequantize(), c.dequantize())
+    mse = quantize_weight_observed(W, bits=4, group_size=128, observer="mse", ragged=True)
+    err = lambda q: ((q.dequantize().astype(np.float64) - W) ** 2).sum()  # noqa: E731
+    assert err(mse) <= err(c) and mse.bits_per_weight == c.bits_per_weight
+    for bad, exc, match in [(dict(group_size=1000, ragged=True), ValueError, "larger than the input dimension"),
+                            (dict(group_size=128, ragged=1), TypeError, "ragged must be a bool")]:
+        with pytest.raises(exc, match=match):
+            quantize_groups(W, bits=4, **bad)
+
+
+def test_ragged_schemes_are_registered(rng):
+    W = rng.standard_normal((8, 576)).astype(np.float32)
+    s = registry.get("rtn-w4g128-ragged")
+    assert "ragged" in s.description and not s.needs_calibration
+    assert_equal(s.quantize_weight(W).dequantize(), quantize_groups(W, bits=4, group_size=128, ragged=True).dequantize())
+    m = registry.get("rtn-w3g128-sym-ragged-mse")
+    assert "MSE" in m.description and m.quantize_weight(W).symmetric and m.quantize_weight(W).ragged_group_size == 128
+    for bad in ("rtn-w9g128-ragged", "rtn-w4g0-ragged", "rtn-w4-ragged"):
         with pytest.raises(ValueError, match="scheme"):
             registry.get(bad)

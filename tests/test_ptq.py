@@ -283,3 +283,89 @@ def test_with_norms_replaces_gammas_and_leaves_the_input_model_alone(model, ids)
         model.with_norms({"blk.3.ffn_norm": g[:5]})
     with pytest.raises(ValueError, match="finite"):
         model.with_norms({"output_norm": g * np.nan})
+
+
+# --- W8A8 on the MiniLM encoder (the same hooks; padding rows unseen) ----------------------------------------
+
+SENTENCES = ["The cat sat on the mat.", "Stock markets fell sharply on Monday after a long week of rumours.",
+             "Quantization stores weights in fewer bits.", "To be, or not to be, that is the question.",
+             "Rain is expected tomorrow afternoon."]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return minq.load_model("minilm", progress=False)
+
+
+@pytest.fixture(scope="module")
+def enc_cal(encoder):
+    from minq.ptq import sentence_calibration
+
+    return sentence_calibration(encoder, n_samples=16, seed=0)                       # [16, T] padded
+
+
+def test_encoder_hooks_see_real_tokens_only_and_identity_hooks_change_nothing(encoder):
+    ids, mask = encoder.tokenizer.batch(SENTENCES)                                   # padded: [5, T]
+    names = ["layer.0.attention.query", "layer.0.attention.key", "layer.3.intermediate", "layer.5.output"]
+    X = encoder.capture_inputs(ids, names, mask)
+    assert X["layer.0.attention.query"] is X["layer.0.attention.key"]                # one array, shared
+    assert X["layer.3.intermediate"].shape == (mask.sum(), 384) and X["layer.5.output"].shape == (mask.sum(), 1536)
+    assert not X["layer.3.intermediate"].flags.writeable
+    alone = encoder.capture_inputs(ids[1][mask[1]], ["layer.3.intermediate"])["layer.3.intermediate"]
+    row0 = mask[0].sum()
+    assert_close(X["layer.3.intermediate"][row0:row0 + len(alone)], alone, rtol=1e-4, atol=1e-5)
+    same = encoder.forward(ids, mask, hooks={n: (lambda name, X: X.copy()) for n in encoder.linear_names()})
+    assert_equal(same, encoder.forward(ids, mask))
+    with pytest.raises(ValueError, match="unknown linears"):
+        encoder.forward(ids, mask, hooks={"layer.9.output": lambda n, X: None})
+    with pytest.raises(ValueError, match="returned shape"):
+        encoder.forward(ids, mask, hooks={"layer.0.output": lambda n, X: X[:1]})
+
+
+def test_encoder_dynamic_w8a8_is_per_token_so_batching_does_not_matter(encoder):
+    """Per-token scales: a sentence's embedding is the same alone or in a padded batch (an oracle for
+    the real-rows plumbing: quantizing padding rows, or mixing rows, would break it)."""
+    q = minq.quantize(encoder, "w8a8-dynamic", progress=False)
+    assert isinstance(q, ActQuantModel)
+    batch = q.embed(SENTENCES)
+    alone = np.concatenate([q.embed([s]) for s in SENTENCES])
+    assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(batch, encoder.embed(SENTENCES), atol=1e-4)             # it is quantized
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w8a8-dynamic", "llmint8", "w8a8-mse"])
+def test_w8a8_schemes_run_on_minilm(encoder, enc_cal, name):
+    from minq.eval import embedding_fidelity
+
+    q = minq.quantize(encoder, name, enc_cal, progress=False)
+    assert isinstance(q, ActQuantModel) and set(q.act) == set(encoder.linear_names())
+    f = embedding_fidelity(encoder, q, SENTENCES)
+    assert 0.9 < f["cosine_min"] < 1.0                       # close to, but not, the float embeddings
+    ids, mask = encoder.tokenizer.batch(SENTENCES[:2])
+    X = q.capture_inputs(ids, ["layer.2.output"], mask)["layer.2.output"]
+    if name != "llmint8":                                    # every input on its int8 grid
+        sx = q.act["layer.2.output"].scales(X)[0]
+        assert_close(np.rint(X / sx) * sx, X, rtol=1e-6, atol=0)
+
+
+def test_minilm_bad_calibration_and_smoothquant_rejected(encoder):
+    with pytest.raises(ValueError, match="calibration"):
+        registry.get("w8a8").apply(encoder, None, progress=False)
+    with pytest.raises(TypeError, match="SmoothQuant"):
+        quantize_smoothquant(encoder, np.ones((2, 8), np.int64))
+    with pytest.raises(TypeError, match="decoder"):
+        ActQuantModel(minq.load_model("smollm2", progress=False), {}).forward(np.ones((1, 4), np.int64))
+    from minq.ptq import sentence_calibration
+
+    with pytest.raises(ValueError, match="n_samples"):
+        sentence_calibration(encoder, n_samples=0)
+
+
+def test_default_report_schemes_include_chapter_04():
+    names = registry.default_schemes()
+    from minq import ptq, smoothquant
+
+    for n in ptq.SCHEMES + smoothquant.SCHEMES:
+        assert n in names
+        registry.get(n)
+    assert {"rtn-w4g128-ragged", "w8a8", "w8a8-dynamic", "smoothquant-w8a8", "llmint8"} <= set(names)

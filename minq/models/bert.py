@@ -34,6 +34,18 @@ protocol (``DenseWeight`` for float32); its bias stays float32 in ``model.biases
 name. ``model.with_weights({name: Wq})`` returns the same model with other weight objects, exactly as
 ``LlamaModel.with_weights``; each weight is dequantized once, when the model is built.
 
+Calibration hooks, the interface of ``minq.models.llama`` (PTQ's W8A8 and LLM.int8 run on it): every
+linear runs through ``model._linear``, which calls hooks ``{name: fn}`` on its input::
+
+    fn(name: str, X: float32 [real tokens, in], read-only) -> None | replacement X' [real tokens, in]
+
+Unlike the decoder, a padded batch has rows that are no token: a hook sees the rows of the *real*
+tokens only (batch after batch, position after position), so that calibration statistics and
+per-batch decisions (LLM.int8's outlier columns) are those of the text; padding rows keep their float
+input. ``forward``, ``embed`` and ``layer`` take ``hooks=``; ``capture_inputs(ids, names, mask)``
+returns the inputs of the chosen linears. Linears that read the same input (query, key, value) are
+handed the same array.
+
 Tokenizer: WordPiece from ``tokenizer.json`` (the ``tokenizers`` library), lower-casing, ``[CLS]``
 and ``[SEP]`` added, truncated to ``max_seq_length`` tokens as sentence-transformers'
 ``sentence_bert_config.json`` says (256 for all-MiniLM-L6-v2; the file is one of the cached asset
@@ -314,22 +326,55 @@ class BertEncoder:
 
     # --- forward ------------------------------------------------------------------------------------
 
-    def _linear(self, name: str, x):
-        """``x [..., in] -> x · W^T + b  [..., out]`` (one 2-D BLAS matmul over all the rows)."""
+    def _check_hooks(self, hooks):
+        if hooks is None:
+            return None
+        if not isinstance(hooks, dict):
+            raise TypeError(f"hooks must be a dict {{linear name: fn(name, X)}}, got {type(hooks).__name__}")
+        unknown = sorted(set(hooks) - set(self.weights))
+        if unknown:
+            raise ValueError(f"hooks name unknown linears {unknown[:5]}; see model.linear_names()")
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"hooks[{name!r}] must be callable fn(name, X), got {type(fn).__name__}")
+        return hooks
+
+    def _linear(self, name: str, x, hooks=None, real=None, X_real=None):
+        """``x [..., in] -> x · W^T + b  [..., out]`` (one 2-D BLAS matmul over all the rows).
+
+        hooks {name: fn}: ``fn(name, X_real)`` sees the rows ``real`` (flat indices of the real tokens;
+        None: all rows) of ``X = x`` as ``[tokens, in]``, read-only; an array it returns replaces those
+        rows. ``X_real``: those rows already gathered (the linears that read one input share it).
+        """
         W = self._dense[name]                                                      # [out, in]
-        y = x.reshape(-1, x.shape[-1]) @ W.T                                       # [rows, out]
+        X = x.reshape(-1, x.shape[-1])                                             # [rows, in]
+        if hooks and name in hooks:
+            if X_real is None:
+                X_real = _real_rows(X, real)
+            r = hooks[name](name, X_real)
+            if r is not None:
+                r = np.asarray(r, dtype=np.float32)
+                if r.shape != X_real.shape:
+                    raise ValueError(f"hook for {name!r} returned shape {r.shape}, expected the input's {X_real.shape}")
+                if real is None:
+                    X = r
+                else:
+                    X = X.copy()
+                    X[real] = r
+        y = X @ W.T                                                                # [rows, out]
         y += self.biases[name]
         return y.reshape(*x.shape[:-1], W.shape[0])
 
-    def layer(self, i: int, x, key_bias):
+    def layer(self, i: int, x, key_bias, hooks=None, real=None):
         """Encoder layer ``i``: ``x [B, T, d] -> [B, T, d]``; ``key_bias [B, 1, 1, T]`` is 0 on real
-        tokens and -inf on padding (added to the attention scores)."""
+        tokens and -inf on padding (added to the attention scores). ``hooks``, ``real``: see ``_linear``."""
         c = self.config
         B, T, d = x.shape
         nh, hd = c.n_heads, c.head_dim
         p = f"layer.{i}."
 
-        q, k, v = (_heads(self._linear(p + n, x), nh)                              # [B, nh, T, hd] each
+        X_real = _real_rows(x.reshape(-1, d), real) if hooks else None            # shared by q, k, v
+        q, k, v = (_heads(self._linear(p + n, x, hooks, real, X_real), nh)         # [B, nh, T, hd] each
                    for n in ("attention.query", "attention.key", "attention.value"))
         s = q @ k.swapaxes(-1, -2)                                                 # [B, nh, T, T]
         s *= np.float32(1.0 / np.sqrt(hd))
@@ -337,20 +382,22 @@ class BertEncoder:
         a = softmax(s) @ v                                                         # [B, nh, T, hd]
         a = a.transpose(0, 2, 1, 3).reshape(B, T, d)                               # [B, T, d]
         g, b = self.norms[p + "attention"]
-        h = layer_norm(x + self._linear(p + "attention.output", a), g, b, c.norm_eps)  # post-LN
+        h = layer_norm(x + self._linear(p + "attention.output", a, hooks, real), g, b, c.norm_eps)  # post-LN
 
-        m = gelu(self._linear(p + "intermediate", h))                              # [B, T, hidden]
+        m = gelu(self._linear(p + "intermediate", h, hooks, real))                 # [B, T, hidden]
         g, b = self.norms[p + "output"]
-        return layer_norm(h + self._linear(p + "output", m), g, b, c.norm_eps)    # [B, T, d]
+        return layer_norm(h + self._linear(p + "output", m, hooks, real), g, b, c.norm_eps)    # [B, T, d]
 
-    def forward(self, ids, mask=None):
+    def forward(self, ids, mask=None, *, hooks=None):
         """Last hidden states, float32 ``[B, T, d]``, of token ids ``ids [B, T]`` (or ``[T]`` -> ``[T, d]``).
 
         ``mask [B, T]`` (bool or 0/1) marks the real tokens; padding positions get outputs too, but no
-        real token attends to them. Raises TypeError for non-integer ids, ValueError for empty ids, ids
-        outside ``[0, vocab_size)``, more than ``max_position`` tokens, or a mask of another shape or
-        with a row of no real token.
+        real token attends to them. ``hooks``: see the module docstring. Raises TypeError for
+        non-integer ids, ValueError for empty ids, ids outside ``[0, vocab_size)``, more than
+        ``max_position`` tokens, a mask of another shape or with a row of no real token, or hooks
+        naming unknown linears.
         """
+        hooks = self._check_hooks(hooks)
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or ids.size == 0:
             raise ValueError(f"ids must be a non-empty [T] or [B, T] array of token ids, got shape {ids.shape}")
@@ -377,19 +424,35 @@ class BertEncoder:
         x = e["word"][ids] + e["position"][:T] + e["token_type"][0]               # [B, T, d] (segment 0)
         x = layer_norm(x, *self.norms["embeddings"], c.norm_eps)
         key_bias = np.where(mask, np.float32(0), np.float32(-np.inf))[:, None, None, :]  # [B, 1, 1, T]
+        real = None if mask.all() else np.flatnonzero(mask.reshape(-1))            # rows the hooks see
         for i in range(c.n_layers):
-            x = self.layer(i, x, key_bias)
+            x = self.layer(i, x, key_bias, hooks, real)
         return x[0] if squeeze else x
 
-    def embed(self, texts, normalize: bool = True, batch_size: int = 32):
+    def capture_inputs(self, ids, names, mask=None) -> dict:
+        """The inputs of the linears ``names`` in the forward of ``ids [T]`` or ``[B, T]`` (``mask`` as in
+        ``forward``): ``{name: X float32 [real tokens, in]}``, read-only; query/key/value share one
+        array. Raises ValueError for no or unknown names, and as ``forward``."""
+        names = list(names)
+        if not names:
+            raise ValueError("names must name at least one linear; see model.linear_names()")
+        X = {}
+
+        def keep(name, X_in):
+            X[name] = X_in
+
+        self.forward(ids, mask, hooks={n: keep for n in names})
+        return {n: X[n] for n in names}
+
+    def embed(self, texts, normalize: bool = True, batch_size: int = 32, *, hooks=None):
         """Sentence embeddings, float32 ``[N, d]``, of ``texts`` (a list of N str; one str gives N = 1).
 
         Each sentence is tokenized (truncated to ``config.max_seq_length`` tokens), encoded, mean-pooled
         over its real tokens and, with ``normalize`` (the default, as all-MiniLM-L6-v2's pipeline
         does), scaled to unit L2 norm. Sentences run in batches of ``batch_size`` of similar length
         (sorted, as sentence-transformers does, so little padding is computed); the result is in the
-        order of ``texts``. Raises ValueError naming ``texts`` when it, or one of its strings, is
-        empty, TypeError when it is not a str / list of str.
+        order of ``texts``. ``hooks`` go to ``forward`` (batch by batch). Raises ValueError naming
+        ``texts`` when it, or one of its strings, is empty, TypeError when it is not a str / list of str.
         """
         texts = _check_texts(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -399,9 +462,16 @@ class BertEncoder:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             ids, mask = self.tokenizer.batch([texts[i] for i in idx])              # [B, T], [B, T]
-            y = self.forward(ids, mask)                                            # [B, T, d]
+            y = self.forward(ids, mask, hooks=hooks)                               # [B, T, d]
             out[idx] = mean_pool(y, mask)                                          # [B, d]
         return l2_normalize(out) if normalize else out
+
+
+def _real_rows(X, real):
+    """The rows ``real`` of ``X [rows, in]`` (all of them when None), as a read-only array for hooks."""
+    Xr = X.view() if real is None else X[real]
+    Xr.flags.writeable = False
+    return Xr
 
 
 def mean_pool(y, mask):
