@@ -19,6 +19,12 @@ a round alike), and reported as the minimum over ``--repeat`` rounds:
 
    and, within one hooked forward, the share of its time spent inside the hooks (timed around each call:
    less sensitive to other processes than the end-to-end difference).
+
+3. The MSE weight search (``rtn-w4g64-mse``, ``rtn-w3g64-mse``): ``quantize_weight_observed`` on the linears of
+   the first ``--mse-blocks`` blocks with the NumPy reference search and with the Numba kernel (same codes,
+   checked here too), and min-max RTN (``quantize_groups``) as the floor:
+
+       speed-up = numpy_time / numba_time,   whole model ~ numba_time * n_layers / mse_blocks
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=2, help="calibration / forward windows (default 2)")
     p.add_argument("--seq", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--repeat", type=int, default=5, help="rounds; the minimum is reported (default 5)")
+    p.add_argument("--mse-blocks", type=int, default=2, help="blocks whose linears the MSE search times (default 2)")
+    p.add_argument("--only-mse", action="store_true", help="run part 3 only")
     a = p.parse_args(argv)
 
     import minq
@@ -41,6 +49,8 @@ def main(argv=None) -> int:
     from minq.ptq import ActQuantModel, calibrate
 
     model = minq.load_model("smollm2", progress=False)
+    if a.only_mse:
+        return bench_mse(model, a)
     ids = calibration_tokens(model.tokenizer, n_samples=a.windows, seq_len=a.seq, seed=0)   # [windows, seq]
     n_tok = ids.size
     L = model.config.n_layers
@@ -113,6 +123,43 @@ def main(argv=None) -> int:
         plain, hooked = best[f"plain {n}"], best[n]
         print(f"   {n:24s} plain {plain:6.2f} s   hooked {hooked:6.2f} s   extra {100 * (hooked / plain - 1):+6.1f} %"
               f"   time inside the hooks {100 * share[n]:4.1f} % of the hooked forward")
+    bench_mse(model, a)
+    return 0
+
+
+def bench_mse(model, a) -> int:
+    import numpy as np
+
+    from minq.groups import quantize_groups
+    from minq.ptq import quantize_weight_observed
+
+    names = [n for i in range(a.mse_blocks) for n in model.block_linear_names(i)]
+    Ws = [model.weights[n].dequantize() for n in names]
+    n_w = sum(W.size for W in Ws)
+    L = model.config.n_layers
+    for bits in (4, 3):
+        def run(impl, bits=bits):
+            return [quantize_weight_observed(W, bits=bits, group_size=64, observer="mse", impl=impl) for W in Ws]
+
+        def rtn(bits=bits):
+            return [quantize_groups(W, bits=bits, group_size=64) for W in Ws]
+
+        ref, fast = run("numpy"), run("numba")                   # warm-up (compilation) and the equality check
+        for r, f in zip(ref, fast):
+            assert np.array_equal(r.codes, f.codes) and np.array_equal(r.s, f.s), "numba != numpy"
+        t = {"numpy": [], "numba": [], "min-max RTN": []}
+        for _ in range(a.repeat):
+            for k, fn in (("numpy", lambda: run("numpy")), ("numba", lambda: run("numba")), ("min-max RTN", rtn)):
+                t0 = time.perf_counter()
+                fn()
+                t[k].append(time.perf_counter() - t0)
+        best = {k: min(v) for k, v in t.items()}
+        print(f"\n3. rtn-w{bits}g64-mse on the {len(names)} linears of {a.mse_blocks} blocks ({n_w / 1e6:.1f} M weights), "
+              f"min of {a.repeat}; codes equal")
+        for k, v in best.items():
+            print(f"   {k:12s} {v:7.3f} s  {n_w / v / 1e6:7.1f} M weights/s   whole model ~{v * L / a.mse_blocks:6.1f} s")
+        print(f"   speed-up numba vs numpy reference: {best['numpy'] / best['numba']:.1f}x; "
+              f"numba / min-max RTN: {best['numba'] / best['min-max RTN']:.1f}x")
     return 0
 
 

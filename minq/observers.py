@@ -229,12 +229,13 @@ def mse_search(v, lo, hi, obs, impl: str = "auto"):
 
 
 def _qparams_of_range(lo, hi, obs) -> affine.QParams:
-    """``affine.choose_qparams`` on the two-element range ``[lo, hi]`` (last axis), squeezed back."""
-    bounds = np.stack([np.asarray(lo, np.float32), np.asarray(hi, np.float32)], axis=-1)   # [..., 2]
-    qp = affine.choose_qparams(bounds, bits=obs.bits, symmetric=obs.symmetric, axis=-1,
+    """``affine.choose_qparams`` on the two-element range ``[lo, hi]`` (stacked on a new first axis, reduced
+    over it: the same values as a last axis of 2, without a slow length-2 reduction), squeezed back."""
+    bounds = np.stack([np.asarray(lo, np.float32), np.asarray(hi, np.float32)])          # [2, ...]
+    qp = affine.choose_qparams(bounds, bits=obs.bits, symmetric=obs.symmetric, axis=0,
                                zero_point="int" if obs.symmetric else obs.zero_point,
-                               scale_dtype=obs.scale_dtype)                                  # [..., 1]
-    return affine.QParams(qp.s[..., 0], qp.z[..., 0], qp.bits, qp.symmetric, qp.zero_point)
+                               scale_dtype=obs.scale_dtype)                                  # [1, ...]
+    return affine.QParams(qp.s[0], qp.z[0], qp.bits, qp.symmetric, qp.zero_point)
 
 
 def clip_error(v, lo, hi, obs):
