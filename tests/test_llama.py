@@ -7,6 +7,8 @@ own Q/K un-permutation; loading a GGUF needs ``accelerate``, a dev dependency).
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minq import assets
 from minq.gguf import permute_qk, read_gguf, unpermute_qk
@@ -421,3 +423,173 @@ def test_rope_kernel_equals_numpy_rope(rng, monkeypatch):
     # rope rotates pairs: norms of (x[i], x[i + hd/2]) are kept
     r = rope(x, cos[:, None, None], sin[:, None, None])
     assert_close(r[..., :8] ** 2 + r[..., 8:] ** 2, x[..., :8] ** 2 + x[..., 8:] ** 2, atol=1e-5)
+
+
+# --- the forward's elementwise kernels against their NumPy references -------------------------------
+
+_rows = st.tuples(st.integers(1, 40), st.sampled_from([1, 5, 8, 9, 64, 127, 128, 129, 300, 576, 1000]),
+                  st.floats(1e-3, 1e3), st.integers(0, 2**32 - 1))
+
+
+@given(_rows)
+def test_rms_norm_kernel_equals_numpy_bit_for_bit(args):
+    """RMSNorm's kernel adds in NumPy's pairwise order: it equals ``rms_norm`` exactly, for any width."""
+    from minq._jit import py_func
+    from minq.models.llama import _rms_norm_kernel, rms_norm
+
+    N, d, scale, seed = args
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((N, d)) * scale).astype(np.float32)
+    gamma = r.standard_normal(d).astype(np.float32)
+    want = rms_norm(x, gamma, 1e-5)
+    for kernel in (_rms_norm_kernel, py_func(_rms_norm_kernel)):
+        y = np.empty_like(x)
+        kernel(x, gamma, np.float32(1e-5), y)
+        assert_equal(y, want, name=str(kernel))
+
+
+def test_rms_norm_dispatch(rng, monkeypatch):
+    from minq.models.llama import _rms_norm, rms_norm
+
+    x = rng.standard_normal((2, 7, 576)).astype(np.float32)
+    gamma = rng.standard_normal(576).astype(np.float32)
+    for jit in (True, False):                                        # NUMBA_DISABLE_JIT=1: the NumPy rms_norm
+        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
+        assert_equal(_rms_norm(x, gamma, 1e-5), rms_norm(x, gamma, 1e-5), name=f"jit={jit}")
+        assert_equal(_rms_norm(x[:, -1:], gamma, 1e-5), rms_norm(x[:, -1:], gamma, 1e-5))  # a strided view
+
+
+@given(st.lists(st.floats(-120, 120, width=32), min_size=1, max_size=300))
+def test_exp_kernel_close_to_numpy(values):
+    """``_exp_`` is ``np.exp`` of its input clamped to [-87, 88], to 4e-7 relative (a few float32 ulps)."""
+    from minq._jit import py_func
+    from minq.models.llama import _exp_
+
+    v = np.array(values, np.float32)
+    want = np.exp(np.clip(v, -87, 88))
+    for kernel in (_exp_, py_func(_exp_)):
+        y = v.copy()
+        kernel(y, np.empty(len(v), np.int32))
+        assert_close(y, want, rtol=4e-7, name=str(kernel))
+
+
+def test_exp_kernel_golden():
+    from minq.models.llama import _exp_
+
+    v = np.array([0.0, 1.0, -1.0, np.log(2.0), 10.0, -20.0, -87.0, 88.0, -1000.0, 1000.0], np.float32)
+    _exp_(v, np.empty(len(v), np.int32))
+    assert v[0] == 1.0 and v[3] == np.float32(2.0)
+    assert_close(v[[1, 2, 4, 5]], np.exp([1.0, -1.0, 10.0, -20.0]), rtol=3e-7)
+    assert v[8] == v[6] and v[9] == v[7] and np.isfinite(v).all()       # clamped, never 0 or inf
+
+
+@given(_rows)
+def test_swiglu_kernel_close_to_numpy(args):
+    from minq._jit import py_func
+    from minq.models.llama import _swiglu, _swiglu_kernel
+
+    N, H, scale, seed = args
+    r = np.random.default_rng(seed)
+    gu = (r.standard_normal((N, 2 * H)) * min(scale, 50.0)).astype(np.float32)
+    with np.errstate(over="ignore"):                                 # exp(-gate) = inf: silu = -0
+        want = _swiglu(gu[:, :H], gu[:, H:])
+    for kernel in (_swiglu_kernel, py_func(_swiglu_kernel)):
+        m = np.empty((N, H), np.float32)
+        kernel(gu, m)
+        assert_close(m, want, rtol=1e-6, atol=1e-30, name=str(kernel))
+
+
+def test_silu_mul_dispatch(rng, monkeypatch):
+    from minq.models.llama import _silu_mul, _swiglu
+
+    gu = (rng.standard_normal((2, 5, 2 * 96)) * 10).astype(np.float32)
+    gu[0, 0, :4] = [-100.0, 100.0, 0.0, -0.0]                         # exp(-gate) overflows / is 1
+    with np.errstate(over="ignore"):
+        want = _swiglu(gu[..., :96], gu[..., 96:])
+    for jit in (True, False):
+        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
+        with np.errstate(over="ignore"):
+            m = _silu_mul(gu, 96)
+        assert m.shape == (2, 5, 96) and m.dtype == np.float32
+        assert_close(m, want, rtol=1e-6, atol=1e-30, name=f"jit={jit}")
+
+
+@given(st.integers(1, 70), st.integers(0, 70), st.integers(1, 4), st.floats(0.1, 100.0),
+       st.integers(0, 2**32 - 1))
+def test_causal_softmax_kernel_close_to_numpy(t, first, g, scale, seed):
+    """The fused mask + softmax kernel equals the NumPy ``causal_softmax_``; masked keys get exactly 0."""
+    from minq._jit import py_func
+    from minq.models.llama import _causal_softmax_kernel, causal_softmax_
+
+    S = first + t
+    s = (np.random.default_rng(seed).standard_normal((t, g, S)) * scale).astype(np.float32)
+    want = causal_softmax_(s.copy(), first)
+    masked = np.broadcast_to((np.arange(S)[None, :] > first + np.arange(t)[:, None])[:, None], s.shape)
+    assert (want[masked] == 0).all()
+    for kernel in (_causal_softmax_kernel, py_func(_causal_softmax_kernel)):
+        p = s.copy()
+        kernel(p, first)
+        assert_close(p, want, rtol=1e-6, atol=1e-7, name=str(kernel))
+        assert (p[masked] == 0).all()
+        assert_close(p.sum(axis=-1), np.ones((t, g), np.float32), atol=1e-6)
+
+
+def test_forward_without_jit_matches(model, monkeypatch):
+    """NUMBA_DISABLE_JIT=1 runs the NumPy references: the same logits to float32 rounding."""
+    ids = _prompt_ids(model, 24)
+    with_jit = model.logits(ids)
+    monkeypatch.setattr("minq.models.llama.JIT_ENABLED", False)
+    assert_close(model.logits(ids), with_jit, atol=1e-4, name="JIT off vs on")
+
+
+def test_parallel_attention_equals_serial(model, monkeypatch):
+    """The attention tiles on threads (BLAS at 1 thread) give the logits of the serial loop."""
+    import minq.models.llama as L
+
+    ids = _prompt_ids(model, 64).reshape(2, 32)
+    calls = []
+    run = L._parallel_for
+
+    def spy(fn, items, work):
+        calls.append((len(items), work))
+        return run(fn, items, work)
+
+    monkeypatch.setattr(L, "_parallel_for", spy)
+    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)                  # threads for every block
+    threaded = model.logits(ids)
+    assert calls[0] == (2 * 3 * 1, 2 * 9 * 32 * 32 * 64)            # B * n_kv tiles of 32 queries
+    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)              # never
+    assert_close(model.logits(ids), threaded, atol=1e-5, name="serial vs threaded")
+
+
+def test_parallel_for(monkeypatch):
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    import minq.models.llama as L
+
+    blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
+    before = blas()
+    seen, inside = [], []
+
+    def fn(item):
+        seen.append(item)
+        inside.append((threading.get_ident(), blas()))
+
+    monkeypatch.setattr(L, "_threads", lambda: 2)
+    L._parallel_for(fn, list(range(40)), work=L.PARALLEL_MIN_WORK)
+    assert sorted(seen) == list(range(40))                          # each item once
+    assert all(b == [1] * len(before) for _, b in inside)           # BLAS pinned to 1 thread inside
+    assert blas() == before                                          # and restored after
+    inside.clear()
+    L._parallel_for(fn, [1, 2, 3], work=L.PARALLEL_MIN_WORK - 1)     # too little work: the caller alone
+    assert {tid for tid, _ in inside} == {threading.get_ident()}
+
+    def boom(item):
+        if item == 7:
+            raise RuntimeError("tile 7")
+
+    with pytest.raises(RuntimeError, match="tile 7"):
+        L._parallel_for(boom, list(range(20)), work=L.PARALLEL_MIN_WORK)
+    assert blas() == before

@@ -49,11 +49,14 @@ and k straight into the layout attention reads.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from minq._jit import JIT_ENABLED, njit
+from minq._jit import JIT_ENABLED, njit, prange
 
 __all__ = ["LlamaConfig", "DenseWeight", "KVCache", "LlamaModel", "rms_norm", "rope", "LINEARS", "GROUPS"]
 
@@ -179,14 +182,6 @@ class KVCache:
         return sum(2 * k[:, :, :n].nbytes for k, n in zip(self._k, self._len) if k is not None)
 
 
-def rms_norm(x, gamma, eps: float):
-    """``x [..., d] -> x / sqrt(mean(x^2) + eps) * gamma`` (float32)."""
-    ms = np.mean(x * x, axis=-1, keepdims=True)                                    # [..., 1]
-    y = x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))
-    y *= gamma
-    return y
-
-
 def rope_tables(positions, head_dim: int, theta: float):
     """cos, sin ``[T, head_dim/2]`` of the angles ``pos * theta^(-2i/head_dim)`` (computed in float64)."""
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)    # [hd/2]
@@ -238,6 +233,139 @@ def _rope_kernel(x, cos, sin, scale, out):
                         out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
 
 
+# --- elementwise work: each NumPy reference with the Numba kernel the forward runs beside it ---------
+#
+# The forward's time is GEMMs plus this elementwise work (RMSNorm, SwiGLU, the softmax). NumPy runs it
+# on one core; the kernels run it on all the cores BLAS uses: RMSNorm and SwiGLU over rows (``prange``),
+# the attention tiles on a few Python threads (``_parallel_for``). Each dispatcher (``_rms_norm``,
+# ``_silu_mul``, ``_softmax_tile``) runs its NumPy reference when JIT is off (``NUMBA_DISABLE_JIT=1``).
+
+
+def rms_norm(x, gamma, eps: float):
+    """``x [..., d] -> x / sqrt(mean(x^2) + eps) * gamma`` (float32)."""
+    ms = np.mean(x * x, axis=-1, keepdims=True)                                    # [..., 1]
+    y = x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))
+    y *= gamma
+    return y
+
+
+def _rms_norm(x, gamma, eps: float):
+    """The forward's RMSNorm of a C-contiguous float32 ``x [..., d]``: ``_rms_norm_kernel`` when JIT is
+    on, else ``rms_norm``; the two agree bit for bit (tests/test_llama.py)."""
+    if not JIT_ENABLED:
+        return rms_norm(x, gamma, eps)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty(x.shape, np.float32)
+    d = x.shape[-1]
+    _rms_norm_kernel(x.reshape(-1, d), gamma, np.float32(eps), y.reshape(-1, d))
+    return y
+
+
+@njit
+def _block_sum(a, lo, n):
+    """``a[lo:lo + n].sum()``, ``n <= 128``, in NumPy's order: 8 running sums over the 8 columns, added
+    pairwise, then the rest. The 8 independent sums also let the CPU overlap the additions."""
+    if n < 8:
+        s = np.float32(0.0)
+        for i in range(lo, lo + n):
+            s += a[i]
+        return s
+    s0, s1, s2, s3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    s4, s5, s6, s7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    for i in range(lo + 8, lo + n - n % 8, 8):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(lo + n - n % 8, lo + n):
+        s += a[i]
+    return s
+
+
+@njit
+def _pairwise_sum(a, n, todo, sums):
+    """``a[:n].sum()`` of a float32 ``a`` in NumPy's (pairwise) order, so that kernels equal NumPy's sums
+    bit for bit: ``sum(lo, n) = sum(lo, h) + sum(lo + h, n - h)``, ``h = n/2`` rounded down to a multiple
+    of 8, down to ranges of at most 128 (``_block_sum``).
+
+    Numba cannot cache a recursive function, so the recursion runs on two scratch stacks: ``todo``
+    (int64 ``[64, 3]``: ranges ``lo, n`` and how far each got) and ``sums`` (float32 ``[64]``: finished
+    sums, the left one of a pair below the right one).
+    """
+    if n <= 128:
+        return _block_sum(a, 0, n)
+    top, done = 0, 0                                   # the top entry of todo, entries in sums
+    todo[0, 0], todo[0, 1], todo[0, 2] = 0, n, 0
+    while top >= 0:
+        lo, m, step = todo[top, 0], todo[top, 1], todo[top, 2]
+        h = m // 2 - (m // 2) % 8
+        if m <= 128:                                   # a leaf: its sum goes on the stack
+            sums[done] = _block_sum(a, lo, m)
+            done += 1
+            top -= 1
+        elif step < 2:                                 # step 0: the left half next, step 1: the right
+            todo[top, 2] = step + 1
+            top += 1
+            todo[top, 0], todo[top, 1], todo[top, 2] = lo + step * h, h if step == 0 else m - h, 0
+        else:                                          # both halves summed: add them
+            sums[done - 2] = sums[done - 2] + sums[done - 1]
+            done -= 1
+            top -= 1
+    return sums[0]
+
+
+@njit(parallel=True)
+def _rms_norm_kernel(x, gamma, eps, y):
+    """``y [N, d] = rms_norm(x [N, d], gamma, eps)``, rows in parallel: the same float32 operations in
+    the same order as the NumPy ``rms_norm``."""
+    N, d = x.shape
+    for blk in prange((N + 15) // 16):                       # blocks of 16 rows share the scratch
+        sq, todo, sums = np.empty(d, np.float32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
+        for i in range(16 * blk, min(16 * blk + 16, N)):
+            for j in range(d):
+                sq[j] = x[i, j] * x[i, j]
+            ms = _pairwise_sum(sq, d, todo, sums) / np.float32(d)  # mean(x^2)
+            r = np.float32(1.0) / np.sqrt(ms + eps)
+            for j in range(d):
+                y[i, j] = x[i, j] * r * gamma[j]
+
+
+# exp(v) = 2^z * exp(r), z = round(v / ln 2), r = v - z ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts, so
+# that z ln 2 is exact: Cody and Waite): exp(r) is the polynomial of Cephes' expf, relative error ~1e-7,
+# and 2^z is the float32 whose exponent bits are z + 127. Numba's own exp calls libm one value at a time
+# (4x slower than np.exp); these plain loops the compiler vectorises.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+
+
+@njit
+def _exp_(v, bits):
+    """``v[:] = exp(v)`` for a 1-D float32 ``v``, ``v`` clamped to [-87, 88] (float32's normal range);
+    ``bits``: int32 scratch at least as long as ``v``. Equals ``np.exp`` to a relative 2e-7."""
+    n = v.shape[0]
+    for j in range(n):
+        x = min(max(v[j], np.float32(-87.0)), np.float32(88.0))
+        z = np.floor(x * _LOG2E + np.float32(0.5))                # nearest integer to x / ln 2
+        r = x - z * _LN2_HI - z * _LN2_LO                          # |r| <= ln2 / 2
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        v[j] = p * r * r + r + np.float32(1.0)                     # exp(r)
+        bits[j] = (np.int32(z) + np.int32(127)) << np.int32(23)    # 2^z, as the bits of a float32
+    two_z = bits.view(np.float32)
+    for j in range(n):
+        v[j] *= two_z[j]
+
+
 def _swiglu(gate, up):
     """``silu(gate) * up = gate / (1 + exp(-gate)) * up`` as a new C-contiguous float32 array.
 
@@ -252,11 +380,84 @@ def _swiglu(gate, up):
     return m
 
 
-def _softmax_(s):
-    """Softmax over the last axis, in place (used by ``minq.models.bert``)."""
+def _silu_mul(gu, hidden: int):
+    """``silu(gate) * up`` of the fused gate/up output ``gu [..., 2 hidden]`` (gate first) -> ``[..., hidden]``:
+    ``_swiglu_kernel`` when JIT is on, else ``_swiglu``."""
+    if not JIT_ENABLED:
+        return _swiglu(gu[..., :hidden], gu[..., hidden:])
+    gu = np.ascontiguousarray(gu, dtype=np.float32)
+    m = np.empty((*gu.shape[:-1], hidden), np.float32)
+    _swiglu_kernel(gu.reshape(-1, 2 * hidden), m.reshape(-1, hidden))
+    return m
+
+
+@njit(parallel=True)
+def _swiglu_kernel(gu, m):
+    """``m [N, H] = _swiglu(gu[:, :H], gu[:, H:])`` for ``gu [N, 2H]``, rows in parallel: the same float32
+    operations in the same order, with ``_exp_`` for ``np.exp``."""
+    N, H = m.shape
+    for blk in prange((N + 15) // 16):                       # blocks of 16 rows share a scratch row
+        bits = np.empty(H, np.int32)
+        for i in range(16 * blk, min(16 * blk + 16, N)):
+            mi = m[i]
+            for j in range(H):
+                mi[j] = -gu[i, j]
+            _exp_(mi, bits)                                        # exp(-gate)
+            for j in range(H):
+                mi[j] = gu[i, j] / (mi[j] + np.float32(1.0)) * gu[i, H + j]
+
+
+def causal_softmax_(s, first: int):
+    """In place: the softmax over the keys ``0 .. first + r`` that query ``r`` sees, ``s [t, g, S]``.
+
+    ``s[r, h]`` are the scores of query ``r`` (``g`` heads) against ``S`` keys; the keys after
+    ``first + r`` get probability 0 (the causal mask). Returns ``s``.
+    """
+    t, S = s.shape[0], s.shape[-1]
+    after = np.arange(S)[None, :] > first + np.arange(t)[:, None]         # key after query: [t, S]
+    np.copyto(s, -np.inf, where=after[:, None, :])
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+@njit
+def _causal_softmax_kernel(s, first):
+    """``causal_softmax_(s, first)`` for a C-contiguous ``s [t, g, S]``, each row in one pass of the
+    visible keys: max, ``_exp_``, sum (``_pairwise_sum``), scale by 1/sum. Single-threaded (``nogil``):
+    the attention tiles run it on several Python threads."""
+    t, g, S = s.shape
+    bits, todo, sums = np.empty(S, np.int32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
+    for r in range(t):
+        n = first + r + 1                                          # keys 0 .. first + r are visible
+        for h in range(g):
+            row = s[r, h]
+            m0, m1, m2, m3 = row[0], row[0], row[0], row[0]        # 4 running maxima (see _block_sum)
+            for j in range(0, n - n % 4, 4):
+                m0 = max(m0, row[j])
+                m1 = max(m1, row[j + 1])
+                m2 = max(m2, row[j + 2])
+                m3 = max(m3, row[j + 3])
+            m = max(max(m0, m1), max(m2, m3))
+            for j in range(n - n % 4, n):
+                m = max(m, row[j])
+            for j in range(n):
+                row[j] -= m
+            _exp_(row[:n], bits)
+            inv = np.float32(1.0) / _pairwise_sum(row, n, todo, sums)
+            for j in range(n):
+                row[j] *= inv
+            for j in range(n, S):
+                row[j] = 0.0
+
+
+def _softmax_tile(s, first: int):
+    """``causal_softmax_(s, first)`` in place: ``_causal_softmax_kernel`` when JIT is on."""
+    if JIT_ENABLED:
+        _causal_softmax_kernel(s, first)
+    else:
+        causal_softmax_(s, first)
     return s
 
 
@@ -270,13 +471,68 @@ def _attend(q, k, v):
     t, g, hd = q.shape
     S = k.shape[0]
     s = (q.reshape(t * g, hd) @ k.T).reshape(t, g, S)                     # scores [t, g, S], one GEMM
-    after = np.arange(t)[None, :] > np.arange(t)[:, None]                 # key after query: [t, t]
-    np.copyto(s[:, :, S - t:], -np.inf, where=after[:, None, :])          # only the last t keys mask
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)                                                       # unnormalised softmax
-    o = s.reshape(t * g, S) @ v                                            # [t g, hd]
-    o /= s.sum(axis=-1).reshape(t * g, 1)                                  # normalise the t g rows only
-    return o.reshape(t, g, hd)
+    _softmax_tile(s, S - t)                                                # probabilities, masked
+    return (s.reshape(t * g, S) @ v).reshape(t, g, hd)                     # [t, g, hd]
+
+
+# --- threads for the attention tiles ----------------------------------------------------------------
+#
+# The tiles' GEMMs are small ([t g, hd] x [hd, S]): a multi-threaded BLAS splits each of them badly.
+# ``_parallel_for`` runs whole tiles on as many Python threads as numpy's BLAS has, BLAS pinned to one
+# thread meanwhile (threadpoolctl); numpy's matmul and the ``nogil`` kernels release the GIL.
+
+_POOL = None            # ThreadPoolExecutor, made on first use
+_BLAS = None            # threadpoolctl controller of the loaded BLAS libraries, made on first use
+_POOL_LOCK = threading.Lock()   # one parallel region at a time (the BLAS thread count is process-wide)
+# Below this much work (multiply-adds of the scores) the threads cost more than they save (one token).
+PARALLEL_MIN_WORK = 1 << 20
+
+
+def _blas():
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS
+
+
+def _threads() -> int:
+    """Threads the forward may use: those of numpy's BLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl)."""
+    return max([lib.num_threads for lib in _blas().lib_controllers], default=1)
+
+
+def _parallel_for(fn, items, work: int):
+    """``fn(item)`` for every item, on ``_threads()`` threads when ``work >= PARALLEL_MIN_WORK``.
+
+    The items go to the threads one at a time, in order (list the costly ones first). ``fn`` must
+    write disjoint outputs; results do not depend on the thread count.
+    """
+    n = min(_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
+    if n <= 1:
+        for item in items:
+            fn(item)
+        return
+    global _POOL
+    with _POOL_LOCK, _blas().limit(limits=1):
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minq")
+        todo, take = iter(items), threading.Lock()
+
+        def worker():
+            while True:
+                with take:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                fn(item)
+
+        helpers = [_POOL.submit(worker) for _ in range(n - 1)]
+        try:
+            worker()                                   # the calling thread is one of the n
+        finally:
+            for f in helpers:
+                f.result()
 
 
 def _linear_shape(c: LlamaConfig, linear: str) -> tuple:
@@ -487,7 +743,7 @@ class LlamaModel:
         g, kv = nh // nkv, nkv * hd                        # queries per KV head, width of k and v
         p = f"blk.{i}."
 
-        h = rms_norm(x, self.norms[p + "attn_norm"], c.norm_eps)                    # [B, T, d]
+        h = _rms_norm(x, self.norms[p + "attn_norm"], c.norm_eps)                   # [B, T, d]
         qkv = self._linear((p + "attn_q", p + "attn_k", p + "attn_v"), h, hooks)     # [B, T, d + 2 kv]
         # RoPE writes q and k in the layout attention reads: the g queries of KV head j token-major.
         q = np.empty((B, nkv, T, g, hd), np.float32)
@@ -500,17 +756,20 @@ class LlamaModel:
             k, v = cache.update(i, k, v)                                             # [B, nkv, S, hd]
         start = k.shape[2] - T                                                       # positions cached before
         a = np.empty((B, T, nkv, g * hd), np.float32)         # = [B, T, d], heads in Wo's input order
-        for b in range(B):
-            for j in range(nkv):
-                for t0 in range(0, T, QUERY_TILE):            # tile: queries t0 .. t1-1 see keys < start + t1
-                    t1 = min(t0 + QUERY_TILE, T)
-                    o = _attend(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1])  # [t, g, hd]
-                    a[b, t0:t1, j] = o.reshape(t1 - t0, g * hd)
+
+        def attend(tile):                                     # queries t0 .. t1-1 see keys < start + t1
+            b, j, t0, t1 = tile
+            o = _attend(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1])  # [t, g, hd]
+            a[b, t0:t1, j] = o.reshape(t1 - t0, g * hd)
+
+        tiles = [(b, j, t0, min(t0 + QUERY_TILE, T)) for t0 in reversed(range(0, T, QUERY_TILE))
+                 for b in range(B) for j in range(nkv)]       # the longest (latest) tiles first
+        _parallel_for(attend, tiles, work=B * nh * T * (start + T) * hd)
         x = x + self._linear((p + "attn_output",), a.reshape(B, T, d), hooks)
 
-        h = rms_norm(x, self.norms[p + "ffn_norm"], c.norm_eps)
+        h = _rms_norm(x, self.norms[p + "ffn_norm"], c.norm_eps)
         gu = self._linear((p + "ffn_gate", p + "ffn_up"), h, hooks)                 # [B, T, 2 hidden]
-        m = _swiglu(gu[..., :c.hidden_dim], gu[..., c.hidden_dim:])                 # [B, T, hidden]
+        m = _silu_mul(gu, c.hidden_dim)                                              # [B, T, hidden]
         x += self._linear((p + "ffn_down",), m, hooks)                               # x is ours: in place
         return x                                                                     # [B, T, d]
 
@@ -534,7 +793,7 @@ class LlamaModel:
 
     def head(self, x):
         """``x [..., d] -> logits [..., vocab]``: the final RMSNorm and the output projection."""
-        x = rms_norm(x, self.norms["output_norm"], self.config.norm_eps)
+        x = _rms_norm(x, self.norms["output_norm"], self.config.norm_eps)
         E = self.embedding if self.output is None else self.output
         return x @ E.T
 
