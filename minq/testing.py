@@ -21,7 +21,7 @@ from minq._backend import is_torch
 
 __all__ = [
     "assert_equal", "assert_close", "assert_bound", "check",
-    "floats32", "float_arrays", "weight_matrices", "bits",
+    "floats32", "float_arrays", "weight_matrices", "bits", "llm_like_layer", "rel_output_error",
 ]
 
 
@@ -198,3 +198,30 @@ def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0,
     if verbose:
         print("Correct!")
     return True
+
+
+# --- the synthetic layer of the GPTQ/AWQ chapters ------------------------------------------------------
+
+
+def llm_like_layer(seed: int = 0, n_tokens: int = 5120):
+    """``W [1536, 576]`` and ``X [n_tokens, 576]`` float32: a ``Linear(576, 1536)`` with LLM-like inputs.
+
+    The recipe of the reference runs the chapters compare against (shared/reference/gptq_awq.md §5.1),
+    drawn in its order from ``np.random.default_rng(seed)``: X mixes its channels (``Z (0.5 I + A)``),
+    gives each channel its own scale (``exp(N(0, 1))``), and multiplies 6 channels by 20 (outliers).
+    The reference used the first 4096 rows for calibration and the last 1024 as held-out data.
+    """
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((1536, 576)) / np.sqrt(576)).astype(np.float32)
+    A = rng.standard_normal((576, 576)) / np.sqrt(576)
+    Z = rng.standard_normal((n_tokens, 576))
+    X = Z @ (0.5 * np.eye(576) + A)                                        # [tokens, 576]
+    X *= np.exp(rng.normal(0, 1, 576))
+    X[:, rng.choice(576, 6, replace=False)] *= 20
+    return W, X.astype(np.float32)
+
+
+def rel_output_error(W, W_hat, X) -> float:
+    """``||(W - W_hat) X^T||_F^2 / ||W X^T||_F^2`` in float64: the layer error the GPTQ/AWQ references report."""
+    W, W_hat, X = (_to_numpy(a).astype(np.float64) for a in (W, W_hat, X))
+    return float(np.linalg.norm((W - W_hat) @ X.T) ** 2 / np.linalg.norm(W @ X.T) ** 2)
