@@ -30,6 +30,13 @@ the same way as "down" and "o"). minq smooths all four by default: on SmolLM2 th
 carry by far the largest outliers (max |x| in the thousands in some blocks) and decide whether W8A8
 works at all; ``targets=("qkv", "gate_up")`` gives the paper's setting (the notebook compares them).
 
+Not for MiniLM (``quantize_smoothquant`` rejects an encoder): BERT is *post*-LN, ``h = LN(x + f(x))``,
+and the same ``h`` feeds the next linears *and* the residual stream, so ``1 / s`` folded into the
+LayerNorm's gamma and beta would change the residual too; the input of the second MLP linear is
+``gelu(.)``, which no scale passes through. Only ``attention.output`` (``1 / s`` into the value rows
+and bias) folds cleanly; the rest would need an explicit scaling of X at run time, which is what
+SmoothQuant exists to avoid. MiniLM's W8A8 rows are ``w8a8``, ``w8a8-dynamic`` and ``llmint8``.
+
 Then the model is quantized as ``w8a8`` (static per-tensor scales: the paper's O3 setting) or
 ``w8a8-dynamic`` (per token: O1). Notebook: ``notebooks/04_ptq.ipynb``.
 """

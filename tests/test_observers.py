@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from minq import affine, registry
 from minq.groups import quantize_groups
-from minq.observers import MinMaxObserver, MSEObserver, PercentileObserver, clip_error, make_observer, mse_search
+from minq.observers import (
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    clip_error,
+    make_observer,
+    mse_search,
+)
 from minq.ptq import quantize_weight_observed
 from minq.testing import assert_equal, float_arrays, weight_matrices
 
