@@ -4,18 +4,26 @@ outputs of the already quantized blocks before it (the reference's ``opt_sequent
 For block ``i``, with ``x`` its inputs from the quantized blocks ``0 .. i-1`` (``x = embed(ids)`` for block 0):
 
 1. run block ``i`` with its float weights on ``x``; hooks accumulate one ``Hessian`` per distinct
-   linear input (q/k/v share one, gate/up share one: 4 per Llama block);
+   linear input (q/k/v share one, gate/up share one: 4 per Llama block). The forward stops at
+   ffn_down's hook (its output is not needed: the reference's ``Catcher`` trick);
 2. ``gptq_quantize`` each of the 7 linears with its input's ``H``;
 3. run the quantized block on ``x``: its outputs are the inputs of block ``i + 1``.
 
-Quantization error therefore propagates, as in the reference. Not done (the reference's
-``--true-sequential``): recollecting o/gate/up/down's Hessians after quantizing the linears before
-them in the same block. Embeddings, norms and the (tied) output head stay in float.
+Quantization error therefore propagates, as in the reference. ``true_sequential=True`` (the reference's
+``--true-sequential``, the ``-ts`` schemes) replaces 1-2 by one partial forward per input group, in
+forward order: H of q/k/v (from ``rms(x)``, the same as above), quantize q/k/v; H of o from the block
+with q/k/v quantized, quantize o; then gate/up, then down — each group compensates the error of the
+quantized groups before it. Embeddings, norms and the (tied) output head stay in float.
 
-Schemes registered here (``minq.registry``): ``gptq-w{bits}[g{group}][-sym][-act][-static]``, e.g.
+Cost (2 cores, SmolLM2, 128 x 512 calibration tokens; figures in notebooks/06_gptq.ipynb): the block
+forwards dominate, then ``X^T X`` (one float32 SYRK per batch and input, ``Hessian``), then the
+per-group GPTQ (the inverse factor of the 1536-wide ffn_down input is the largest single part).
+
+Schemes registered here (``minq.registry``): ``gptq-w{bits}[g{group}][-sym][-act][-static][-ts]``, e.g.
 ``gptq-w4``, ``gptq-w4g64``, ``gptq-w3g64-act``; asymmetric by default; ``-act`` = act-order
-(dynamic groups, stored permuted), ``-static`` = static groups. They calibrate on 128 x 512 tokens of
-minq's calibration text unless ``minq.quantize(model, scheme, calibration=ids)`` gets other ids.
+(dynamic groups, stored permuted), ``-static`` = static groups, ``-ts`` = true-sequential. They calibrate
+on 128 x 512 tokens of minq's calibration text unless ``minq.quantize(model, scheme, calibration=ids)``
+gets other ids.
 
 Notebook: ``notebooks/06_gptq.ipynb``.
 """
@@ -32,7 +40,7 @@ from minq import registry
 from minq.gptq import GPTQWeight, Hessian, gptq_quantize
 from minq.groups import GroupedAffine
 
-__all__ = ["gptq_model", "input_groups"]
+__all__ = ["gptq_model", "input_groups", "collect_hessians", "scheme_kwargs", "SCHEMES"]
 
 
 def input_groups(model, i: int) -> dict:
@@ -45,54 +53,114 @@ def input_groups(model, i: int) -> dict:
     return {f"blk.{i}.{g[0]}": [f"blk.{i}.{n}" for n in g] for g in GROUPS}
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a block's forward once the inputs it needs are seen (the reference's ``Catcher``)."""
+
+
+def collect_hessians(model, i: int, x, keys, *, stop_at: str | None = None, batch_size: int = 8,
+                     timer: dict | None = None) -> dict:
+    """``{key: Hessian}`` of the inputs of the linears ``keys`` of block ``i`` of ``model``, over the
+    windows ``x [n, T, d]`` (``batch_size`` windows per forward call).
+
+    stop_at: a linear whose hook ends each forward (after its input is accumulated) — the rest of
+    the block is not computed. ``timer``: a dict whose ``"hessian"`` entry is increased by the seconds
+    spent accumulating ``X^T X`` (the rest of the call is the forward).
+    """
+    T = x.shape[1]
+    H = {key: Hessian(model.weights[key].shape[1]) for key in keys}
+
+    def hook(name, X):
+        if name in H:
+            t = time.perf_counter()
+            H[name].add_batch(X.reshape(-1, T, X.shape[-1]))                 # [b * T, in] -> b sequences
+            if timer is not None:
+                timer["hessian"] = timer.get("hessian", 0.0) + time.perf_counter() - t
+        if name == stop_at:
+            raise _Stop
+
+    hooks = {key: hook for key in set(keys) | ({stop_at} if stop_at else set())}
+    for a in range(0, len(x), batch_size):
+        try:
+            model.run_block(i, x[a:a + batch_size], hooks=hooks)
+        except _Stop:
+            pass
+    return H
+
+
 def gptq_model(model, calibration, *, bits: int, group_size=-1, sym: bool = False, act_order: bool = False,
                static_groups: bool = False, damp: float = 0.01, block_size: int = 128, scale_dtype: str = "float16",
-               blocks=None, batch_size: int = 8, progress: bool = True, stats: dict | None = None):
+               true_sequential: bool = False, blocks=None, batch_size: int = 8, progress: bool = True,
+               stats: dict | None = None):
     """A new model with the linears of ``blocks`` (default: all) GPTQ-quantized, sequentially.
 
     calibration: int token ids ``[n_samples, seq_len]`` (the GPTQ arguments are ``gptq_quantize``'s).
+    true_sequential: the reference's ``--true-sequential``: inside a block, the Hessian of each input
+    group (q/k/v, o, gate/up, down) is collected *after* the groups before it are quantized, so o_proj
+    compensates the error of the quantized q/k/v, and so on (one partial forward per group: about 1.4x
+    the time). False: all four Hessians from the float block (one forward that stops before ffn_down).
     batch_size: calibration windows per forward call (memory only: the result does not depend on it
-    beyond float summation order). ``stats``: a dict that receives ``{"seconds": ..., "tokens": ..., "layers":
-    [{first linear of an input group: GPTQ loss tr(dW H dW^T) / 2 of the group}]}`` for plots and
-    reports. Raises ValueError for missing or malformed calibration and bad ``blocks``.
+    beyond float summation order). ``stats``: a dict that receives ``{"seconds": wall, "cpu_seconds": CPU
+    time of all threads, "tokens": ..., "phases": {"forward": s, "hessian": s, "gptq": s} (wall), "layers":
+    [{first linear of an input group: GPTQ loss tr(dW H dW^T) / 2 of the group}]}`` for plots and reports. Raises ValueError for missing or
+    malformed calibration and bad ``blocks``.
     """
     ids = _check_calibration(calibration)
     n_layers = model.config.n_layers
     blocks = list(range(n_layers)) if blocks is None else sorted(set(int(b) for b in blocks))
     if not blocks or not all(0 <= b < n_layers for b in blocks):
         raise ValueError(f"blocks must be a non-empty list of block indices in [0, {n_layers}), got {blocks!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    timer = {"forward": 0.0, "hessian": 0.0, "gptq": 0.0}
     x = model.embed(ids)                                                     # [n, T, d]: inputs of block 0
     qmodel = model
-    n, T = ids.shape
     layer_stats = []
-    for i in tqdm(range(blocks[-1] + 1), desc=f"GPTQ w{bits}", unit="layer", disable=not progress):
+    kw = dict(bits=bits, group_size=group_size, sym=sym, act_order=act_order, static_groups=static_groups,
+              damp=damp, block_size=block_size, scale_dtype=scale_dtype)
+
+    def quantize_group(key, members, H):
+        t = time.perf_counter()
+        Ws = [model.weights[name].dequantize() for name in members]
+        # rows are independent in GPTQ: the linears that share H run as one row-stacked matrix
+        q = gptq_quantize(np.concatenate(Ws), H.H, **kw)
+        timer["gptq"] += time.perf_counter() - t
+        return dict(zip(members, split_rows(q, [len(W) for W in Ws]))), float(q.losses.sum())
+
+    def forward_collect(i, keys, stop_at):
+        t, h0 = time.perf_counter(), timer["hessian"]
+        H = collect_hessians(qmodel, i, x, keys, stop_at=stop_at, batch_size=batch_size, timer=timer)
+        timer["forward"] += time.perf_counter() - t - (timer["hessian"] - h0)
+        return H
+
+    bar = tqdm(range(blocks[-1] + 1), desc=f"GPTQ w{bits}", unit="layer", disable=not progress)
+    for i in bar:
         if i in blocks:
             groups = input_groups(model, i)
-            H = {key: Hessian(model.weights[key].shape[1]) for key in groups}
-
-            def hook(name, X, H=H):
-                H[name].add_batch(X.reshape(-1, T, X.shape[-1]))             # [b * T, in] -> b sequences
-
-            for a in range(0, n, batch_size):                                # 1. Hessians from the float block
-                qmodel.run_block(i, x[a:a + batch_size], hooks={key: hook for key in groups})
-            new, losses = {}, {}
-            for key, members in groups.items():                              # 2. GPTQ the linears of each input
-                Ws = [model.weights[name].dequantize() for name in members]
-                # rows are independent in GPTQ: the linears that share H run as one row-stacked matrix
-                q = gptq_quantize(np.concatenate(Ws), H[key].H, bits=bits, group_size=group_size, sym=sym,
-                                  act_order=act_order, static_groups=static_groups, damp=damp,
-                                  block_size=block_size, scale_dtype=scale_dtype)
-                new.update(zip(members, split_rows(q, [len(W) for W in Ws])))
-                losses[key] = float(q.losses.sum())
-            qmodel = qmodel.with_weights(new)
+            losses = {}
+            if true_sequential:                                              # 1.-2. group by group, each H
+                for key, members in groups.items():                          # after the groups before it
+                    H = forward_collect(i, [key], stop_at=key)[key]
+                    new, losses[key] = quantize_group(key, members, H)
+                    qmodel = qmodel.with_weights(new)
+            else:                                                            # 1. all Hessians from the float
+                H = forward_collect(i, list(groups), stop_at=list(groups)[-1])    # block, 2. GPTQ each group
+                new = {}
+                for key, members in groups.items():
+                    q, losses[key] = quantize_group(key, members, H[key])
+                    new.update(q)
+                qmodel = qmodel.with_weights(new)
             layer_stats.append(losses)
         if i < blocks[-1]:                                                   # 3. inputs of the next block
-            x = np.concatenate([qmodel.run_block(i, x[a:a + batch_size]) for a in range(0, n, batch_size)])
+            t = time.perf_counter()
+            x = np.concatenate([qmodel.run_block(i, x[a:a + batch_size]) for a in range(0, len(x), batch_size)])
+            timer["forward"] += time.perf_counter() - t
+        bar.set_postfix({k: f"{v:.0f}s" for k, v in timer.items()}, refresh=False)
     if stats is not None:
-        stats.update(seconds=time.perf_counter() - t0, layers=layer_stats, tokens=int(ids.size))
+        stats.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0, layers=layer_stats,
+                     tokens=int(ids.size), phases=dict(timer))
     return qmodel
 
 
@@ -128,18 +196,32 @@ def _check_calibration(calibration):
 
 # --- the gptq-* schemes -------------------------------------------------------------------------------
 
-def _gptq(m: re.Match) -> registry.Scheme:
+PATTERN = re.compile(r"gptq-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?(?P<act>-act)?(?P<static>-static)?"
+                     r"(?P<ts>-ts)?")
+
+
+def scheme_kwargs(name: str) -> dict:
+    """The ``gptq_model`` keyword arguments of the scheme ``name`` (e.g. ``"gptq-w3g64-act"`` ->
+    ``{bits: 3, group_size: 64, act_order: True, ...}``). Raises ValueError for a name that is not one."""
+    m = PATTERN.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(f"{name!r} is not a GPTQ scheme name gptq-w{{bits}}[g{{group}}][-sym][-act][-static][-ts]")
     bits = int(m["bits"])
     group = int(m["group"]) if m["group"] else -1
     if not 2 <= bits <= 8:
-        raise ValueError(f"scheme {m.string!r}: bits must be in 2..8")
+        raise ValueError(f"scheme {name!r}: bits must be in 2..8")
     if m["group"] and group <= 0:
-        raise ValueError(f"scheme {m.string!r}: group size must be > 0")
-    kw = dict(bits=bits, group_size=group, sym=m["sym"] is not None, act_order=m["act"] is not None,
-              static_groups=m["static"] is not None)
-    gran = "per output channel" if group == -1 else f"groups of {group}"
-    desc = (f"GPTQ {bits}-bit, {gran}, {'symmetric' if kw['sym'] else 'asymmetric'}"
-            f"{', act-order' if kw['act_order'] else ''}{', static groups' if kw['static_groups'] else ''}")
+        raise ValueError(f"scheme {name!r}: group size must be > 0")
+    return dict(bits=bits, group_size=group, sym=m["sym"] is not None, act_order=m["act"] is not None,
+                static_groups=m["static"] is not None, true_sequential=m["ts"] is not None)
+
+
+def _gptq(m: re.Match) -> registry.Scheme:
+    kw = scheme_kwargs(m.string)
+    gran = "per output channel" if kw["group_size"] == -1 else f"groups of {kw['group_size']}"
+    desc = (f"GPTQ {kw['bits']}-bit, {gran}, {'symmetric' if kw['sym'] else 'asymmetric'}"
+            f"{', act-order' if kw['act_order'] else ''}{', static groups' if kw['static_groups'] else ''}"
+            f"{', true-sequential' if kw['true_sequential'] else ''}")
 
     def quantize_model(model, calibration, progress=True):
         return gptq_model(model, calibration, progress=progress, **kw)
@@ -147,8 +229,7 @@ def _gptq(m: re.Match) -> registry.Scheme:
     return registry.Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=True)
 
 
-registry.register_family(r"gptq-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?(?P<act>-act)?(?P<static>-static)?",
-                         _gptq, "gptq-w{bits}[g{group}][-sym][-act][-static]")
+registry.register_family(PATTERN.pattern, _gptq, "gptq-w{bits}[g{group}][-sym][-act][-static][-ts]")
 
 # The GPTQ schemes of chapter 06's table.
 SCHEMES = ["gptq-w4", "gptq-w4-act", "gptq-w4g64", "gptq-w4g64-act", "gptq-w3g64", "gptq-w3g64-act",
