@@ -42,13 +42,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from minq import registry
+from minq import affine, registry
 from minq._backend import is_torch
 from minq._checks import check_bits, check_float_array
 from minq.folding import fold_scales
 from minq.groups import GroupedAffine, quantize_groups, resolve_group_size
 
-__all__ = ["ALPHAS", "SHRINKS", "AWQWeight", "act_mean", "awq_scales", "scaled_fake_quantize", "search_scale",
+__all__ = ["ALPHAS", "SHRINKS", "AWQWeight", "act_mean", "awq_scales", "fake_quantize_groups", "scaled_fake_quantize",
+           "search_scale",
            "search_clip", "clip_weight", "awq_quantize", "output_error"]
 
 ALPHAS = tuple(i / 20 for i in range(20))          # 0, 0.05, ..., 0.95 (alpha = 1 is never tried)
@@ -92,10 +93,20 @@ def awq_scales(x_bar, alpha: float):
     return s / (s.max() * s.min()) ** 0.5
 
 
+def fake_quantize_groups(W, *, bits: int, group_size, scale_dtype: str = "float32"):
+    """``quantize_groups(W, ...).dequantize()`` without building the packed container (the searches
+    call it hundreds of times): chapter 02's ``choose_qparams`` + ``fake_quantize`` on ``group(W)``."""
+    out, n_in = W.shape
+    g = resolve_group_size(group_size, n_in)
+    Wg = W.reshape(out, n_in // g, g)                                         # [out, G, g]
+    qp = affine.choose_qparams(Wg, bits=bits, axis=-1, scale_dtype=scale_dtype)
+    return affine.fake_quantize(Wg, qp).reshape(out, n_in)
+
+
 def scaled_fake_quantize(W, s, *, bits: int, group_size, scale_dtype: str = "float32"):
     """``Q(W diag(s)) diag(s)^-1`` float32 ``[out, in]``: the trial weight of scale ``s``."""
-    return quantize_groups(W * s[None, :], bits=bits, group_size=group_size,
-                           scale_dtype=scale_dtype).dequantize() / s[None, :]
+    return fake_quantize_groups(W * s[None, :], bits=bits, group_size=group_size,
+                                scale_dtype=scale_dtype) / s[None, :]
 
 
 def output_error(dW, H, n_tokens: int) -> float:
@@ -132,16 +143,15 @@ def search_clip(W, H, *, bits: int, group_size, shrinks=SHRINKS, scale_dtype: st
     g = resolve_group_size(group_size, n_in)
     G = n_in // g
     Wg = W.reshape(out, G, g)                                                 # [out, G, g]
-    idx = list(range(G))
-    Hb = H.reshape(G, g, G, g)[idx, :, idx, :]                    # [G, g, g] diagonal blocks
     amax = abs(Wg).amax(-1, keepdim=True) if is_torch(W) else np.abs(Wg).max(-1, keepdims=True)  # [out, G, 1]
+    Hb = [H[k * g:(k + 1) * g, k * g:(k + 1) * g] for k in range(G)]         # diagonal blocks [g, g]
     best = err_best = None
     for shrink in shrinks:
         max_val = amax * shrink
-        dW = quantize_groups(Wg.clip(-max_val, max_val).reshape(out, n_in), bits=bits, group_size=group_size,
-                             scale_dtype=scale_dtype).dequantize().reshape(out, G, g) - Wg
-        dWt = dW.transpose(0, 1) if is_torch(dW) else dW.transpose(1, 0, 2)     # [G, out, g]
-        err = ((dWt @ Hb) * dWt).sum(-1).T                                     # [out, G]
+        dW = fake_quantize_groups(Wg.clip(-max_val, max_val).reshape(out, n_in), bits=bits, group_size=group_size,
+                                  scale_dtype=scale_dtype).reshape(out, G, g) - Wg
+        # one GEMM per group (a batched 3-D matmul is far slower with threaded BLAS)
+        err = _stack([((dW[:, k] @ Hb[k]) * dW[:, k]).sum(-1) for k in range(G)])   # [out, G]
         if best is None:
             best, err_best = max_val, err
         else:
@@ -221,6 +231,15 @@ def _f32(a):
     return a.float() if is_torch(a) else np.asarray(a, dtype=np.float32)
 
 
+def _stack(columns):
+    """``[out]`` arrays -> ``[out, n]``."""
+    if is_torch(columns[0]):
+        import torch
+
+        return torch.stack(columns, 1)
+    return np.stack(columns, 1)
+
+
 def _where(cond, a, b):
     if is_torch(cond):
         import torch
@@ -239,7 +258,7 @@ def _where(cond, a, b):
 # Clipping skips attn_q and attn_k (their errors pass through softmax; the reference skips them too).
 NO_CLIP = ("attn_q", "attn_k")
 AWQ_SAMPLES = 32          # calibration windows the awq-* schemes use (of the 128 minq.quantize gives)
-SEARCH_WINDOWS = 8        # windows on which the attention / MLP output errors are measured
+SEARCH_WINDOWS = 4        # windows on which the searches measure output errors (x_bar: all windows)
 
 
 class _Stop(Exception):
@@ -269,17 +288,22 @@ def _mlp(X, W_gate, W_up, W_down):
 
 
 class _Stats:
-    """Running ``sum |x|``, ``X^T X`` and token count of one linear input over calibration batches."""
+    """One linear input over calibration batches: ``sum |x|`` over all tokens (for ``x_bar``), and
+    ``H = X^T X`` over the first ``max_tokens`` of them (the search tokens)."""
 
-    def __init__(self, n_in):
+    def __init__(self, n_in, max_tokens):
         self.abs_sum = np.zeros(n_in, np.float64)
         self.H = np.zeros((n_in, n_in), np.float32)
-        self.n = 0
+        self.n = self.n_H = 0
+        self.max_tokens = max_tokens
 
     def add(self, X):
         self.abs_sum += np.abs(X).sum(0, dtype=np.float64)
-        self.H += X.T @ X
         self.n += X.shape[0]
+        Xh = X[: self.max_tokens - self.n_H]
+        if len(Xh):
+            self.H += Xh.T @ Xh
+            self.n_H += len(Xh)
 
     @property
     def x_bar(self):
@@ -298,13 +322,14 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
     c = model.config
     p = f"blk.{i}."
     first = {"qkv": "attn_q", "o": "attn_output", "gate_up": "ffn_gate", "down": "ffn_down"}
-    stats = {t: _Stats(model.weights[p + n].shape[1]) for t, n in first.items()}
+    n_search = search_windows * x.shape[1]                                        # search tokens
+    stats = {t: _Stats(model.weights[p + n].shape[1], n_search) for t, n in first.items()}
     X_gu = []
 
     def hook(name, X):
         t = next(t for t, n in first.items() if name == p + n)
         stats[t].add(X)
-        if t == "gate_up" and sum(len(a) for a in X_gu) < search_windows * x.shape[1]:
+        if t == "gate_up" and sum(len(a) for a in X_gu) < n_search:
             X_gu.append(np.array(X))
 
     y = np.concatenate([model.run_block(i, x[a:a + batch_size], hooks={p + n: hook for n in first.values()})
@@ -313,7 +338,7 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
          ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
     xs = x[:search_windows]
     ctx_fp = _attention_context(model, i, xs)                                     # [tokens, d]
-    X_gu = np.concatenate(X_gu)[: search_windows * x.shape[1]]
+    X_gu = np.concatenate(X_gu)[:n_search]
     y_mlp = _mlp(X_gu, W["ffn_gate"], W["ffn_up"], W["ffn_down"])
 
     def loss_qkv(W_hat):
@@ -331,7 +356,7 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
         return float(np.mean(np.square(d, dtype=np.float64)))
 
     def loss_linear(W0, st):
-        return lambda W_hat: output_error(W_hat - W0, st.H, st.n)
+        return lambda W_hat: output_error(W_hat - W0, st.H, st.n_H)
 
     searches = {
         "qkv": (np.concatenate([W["attn_q"], W["attn_k"], W["attn_v"]]), loss_qkv),
@@ -369,7 +394,10 @@ def awq_model(model, calibration, *, bits: int, group_size, alphas=ALPHAS, clip:
     """A new model: AWQ scales folded into the norms and linears, weights clipped and quantized.
 
     calibration: int token ids ``[n_samples, seq_len]``. Block ``i``'s inputs come from the *float*
-    blocks before it (as in the reference: the scaled float model equals the float model).
+    blocks before it (as in the reference: the scaled float model equals the float model). ``x_bar``
+    is measured on every calibration token; the searches score their candidates on the first
+    ``search_windows`` windows (the reference's clip search samples 512 tokens; its scale search uses
+    all of them — minq trades that for speed, and AWQ's few parameters need few tokens).
     quantize=False returns the scaled (and clipped) float model, for GPTQ to quantize (``awq+gptq``).
     blocks: the block indices to process (default all; the others keep their float weights).
     ``stats`` receives ``{"seconds", "tokens", "layers": [{target: (alpha, losses)}]}``.

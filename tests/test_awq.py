@@ -16,6 +16,7 @@ from minq.awq import (
     awq_quantize,
     awq_scales,
     clip_weight,
+    fake_quantize_groups,
     output_error,
     search_clip,
     search_scale,
@@ -118,6 +119,15 @@ def test_clip_search_is_the_per_group_minimum_of_partial_dot_product_errors(seed
     want = np.asarray(SHRINKS, np.float32)[k]
     assert np.all((np.abs(ratio - want) < 1e-6) | near)           # same candidate unless a float near-tie
     assert np.all(err <= errs[0] * (1 + 1e-5) + 1e-9)                # never worse than no clipping
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), bits=st.integers(1, 8), g=st.sampled_from([1, 4, 16, 64]),
+       dtype=st.sampled_from(["float32", "float16"]))
+def test_fake_quantize_groups_equals_the_container(seed, bits, g, dtype):
+    W = (np.random.default_rng(seed).standard_normal((8, 64)) * 3).astype(np.float32)
+    want = quantize_groups(W, bits=bits, group_size=g, scale_dtype=dtype).dequantize()
+    assert_equal(fake_quantize_groups(W, bits=bits, group_size=g, scale_dtype=dtype), want)
 
 
 def test_one_sign_groups_do_not_collapse():
