@@ -3,8 +3,9 @@
     python benchmarks/bench_forward.py [--tokens 512] [--repeat 7]
 
 Both load the same GGUF (SmolLM2-135M-Instruct, fetched by ``minq.assets``) as float32 and run the same
-``--tokens`` token ids, with torch's intra-op threads set to the BLAS thread count numpy uses
-(``OPENBLAS_NUM_THREADS`` sets it). After a warm-up, the two forwards run interleaved ``--repeat``
+``--tokens`` token ids on the same number of threads: the BLAS thread count numpy uses
+(``OPENBLAS_NUM_THREADS`` sets it), which minq's attention threads follow; torch's intra-op threads and
+Numba's kernel threads are set to it. After a warm-up, the two forwards run interleaved ``--repeat``
 times (so a load spike from another process hits both); the script prints min and median times and
 the ratio
 
@@ -81,6 +82,7 @@ def main(argv=None):
                          capture_output=True, text=True, check=True)
     rss = int(out.stdout.split()[-1]) * 1024
 
+    import numba
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -89,6 +91,7 @@ def main(argv=None):
 
     n = blas_threads()
     torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     path = assets.fetch("smollm2")
     model = load_model(path, progress=False)
     ids = np.array(model.tokenizer.encode(text)[:args.tokens])
@@ -103,7 +106,7 @@ def main(argv=None):
 
     cases = {"all positions": (lambda: model.logits(ids), lambda: hf_logits(0)),
              "last position": (lambda: model.logits(ids, last_only=True), lambda: hf_logits(1))}
-    print(f"SmolLM2-135M float32, {args.tokens} tokens, {n} BLAS / torch threads, "
+    print(f"SmolLM2-135M float32, {args.tokens} tokens, {n} BLAS / torch / Numba threads, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"load average {os.getloadavg()[0]:.2f}\n")
     for case, (minq_fn, hf_fn) in cases.items():
@@ -118,7 +121,9 @@ def main(argv=None):
               f"ratio (min) {min(th) / min(tm):5.2f}  (median) {statistics.median(th) / statistics.median(tm):5.2f}"
               f" | max |logits diff| {diff:.2e}")
 
-    print(f"\npeak RSS of a minq-only process (load + {args.tokens}-token forward): {rss / 1e9:.2f} GB "
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f} (other processes share the cores: a load above "
+          f"the core count ({os.cpu_count()}) makes both timings, and their ratio, unreliable)")
+    print(f"peak RSS of a minq-only process (load + {args.tokens}-token forward): {rss / 1e9:.2f} GB "
           f"(goal <= 1.5 GB: {'met' if rss <= 1.5e9 else 'NOT met'})")
 
 

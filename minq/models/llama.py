@@ -42,9 +42,13 @@ so a method can quantize block ``i`` from the outputs of the already quantized b
 Speed (``benchmarks/bench_forward.py``, against transformers on torch CPU): the linears that read the
 same input run as one GEMM on their row-stacked weights (``[Wq; Wk; Wv]``, ``[Wgate; Wup]``; see
 ``GROUPS``); attention runs per KV head as 2-D GEMMs ``[t·g, hd] x [hd, S]`` for tiles of ``t`` query
-positions, skipping the keys a tile cannot see, and normalises the softmax after the ``· V`` product;
-RoPE runs as a Numba kernel (``_rope_kernel``, equal bit for bit to the NumPy ``rope``) that writes q
-and k straight into the layout attention reads.
+positions, skipping the keys a tile cannot see, the tiles spread over as many Python threads as numpy's
+BLAS has (BLAS pinned to one thread meanwhile: ``_parallel_for``). The elementwise work runs as Numba
+kernels on all those cores, each beside its NumPy reference and tested against it: RoPE
+(``_rope_kernel``, bit for bit; it writes q and k straight into the layout attention reads), RMSNorm
+(``_rms_norm_kernel``, bit for bit), SwiGLU (``_swiglu_kernel``) and the masked softmax
+(``_causal_softmax_kernel``), the last two with a vectorised float32 exp (``_exp_``, within 4e-7 of
+``np.exp``). With ``NUMBA_DISABLE_JIT=1`` the forward runs the NumPy references.
 """
 
 from __future__ import annotations
@@ -219,18 +223,18 @@ def _rope_to(x, cos, sin, out, scale=1.0):
         out[...] = rope(x, cos[:, None, None], sin[:, None, None]) * np.float32(scale)
 
 
-@njit
+@njit(parallel=True)
 def _rope_kernel(x, cos, sin, scale, out):
     B, T, H, G, hd = x.shape
     half = hd // 2
-    for b in range(B):
-        for t in range(T):
-            for h in range(H):
-                for j in range(G):
-                    for i in range(half):
-                        x1, x2 = x[b, t, h, j, i], x[b, t, h, j, i + half]
-                        out[b, t, h, j, i] = (x1 * cos[t, i] - x2 * sin[t, i]) * scale
-                        out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
+    for bt in prange(B * T):                                   # tokens in parallel
+        b, t = bt // T, bt % T
+        for h in range(H):
+            for j in range(G):
+                for i in range(half):
+                    x1, x2 = x[b, t, h, j, i], x[b, t, h, j, i + half]
+                    out[b, t, h, j, i] = (x1 * cos[t, i] - x2 * sin[t, i]) * scale
+                    out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
 
 
 # --- elementwise work: each NumPy reference with the Numba kernel the forward runs beside it ---------
