@@ -278,3 +278,19 @@ def test_awq_schemes_are_registered():
         with pytest.raises(ValueError, match="scheme"):
             registry.get(bad)
     assert {"awq-w4g64", "awq-w3g64"} <= set(registry.default_schemes())
+
+
+def test_awq_then_gptq_on_one_block(smollm2, cal_ids):
+    """awq+gptq: AWQ's scales folded into the float model, then GPTQ quantizes it."""
+    from minq.gptq_model import gptq_model
+
+    scaled = awq_model(smollm2, cal_ids, bits=4, group_size=64, clip=False, quantize=False, blocks=[0],
+                       progress=False)
+    q = gptq_model(scaled, cal_ids, bits=4, group_size=64, blocks=[0], progress=False)
+    assert isinstance(q.weights["blk.0.ffn_up"], GroupedAffine)
+    assert q.norms["blk.0.attn_norm"] is scaled.norms["blk.0.attn_norm"]           # the folded norm is kept
+    x = smollm2.embed(cal_ids[:2])
+    y, y_q, y_rtn = (m.run_block(0, x) for m in (smollm2, q, minq.quantize(smollm2, "rtn-w4g64", progress=False)))
+    err, err_rtn = np.linalg.norm(y_q - y), np.linalg.norm(y_rtn - y)
+    print(f"block 0 output error: awq+gptq {err:.4f}, rtn {err_rtn:.4f}")
+    assert err < err_rtn                                                          # on its calibration windows
