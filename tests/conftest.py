@@ -38,3 +38,19 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as minq loads it (fetched into the cache once), shared by every test module."""
+    import minq
+
+    return minq.load_model("smollm2", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cal(smollm2):
+    """4 calibration windows of 64 tokens of minq's calibration text: enough for the method tests."""
+    from minq.data import calibration_tokens
+
+    return calibration_tokens(smollm2.tokenizer, n_samples=4, seq_len=64)

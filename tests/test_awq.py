@@ -204,15 +204,8 @@ def test_awq_scales_bad_alpha():
 # --- folding and the model level (SmolLM2) ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return minq.load_model("smollm2", progress=False)
-
-
-@pytest.fixture(scope="module")
-def cal_ids(smollm2):
-    from minq.data import calibration_tokens
-
-    return calibration_tokens(smollm2.tokenizer, n_samples=4, seq_len=64)
+def cal_ids(smollm2_cal):
+    return smollm2_cal
 
 
 def _rel(a, b):
