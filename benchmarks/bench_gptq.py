@@ -10,7 +10,12 @@ asymmetric quantizer. Also timed: minq's readable loop (``impl="numpy"``), the N
 default), and the torch path on CPU. Each is best of ``--repeat`` runs after a warm-up (Numba
 compiles on the first call); the ratios are measured in the same run, so a loaded machine slows
 both sides alike. The reference code on torch CPU took 1.5-3.5 s on this machine class (§5.2).
-Also printed: the relative output error of each, so that speed is not bought with quality.
+Also printed: the relative output error of each, so that speed is not bought with quality; and the
+two pieces minq computes differently from the reference, timed against the reference's way at both
+of SmolLM2's input widths: the Hessian (reference: float32 running mean, rescaled with a scaled copy
+of X per batch; minq: one SYRK per batch into a float64 sum) and the inverse Cholesky factor
+(reference: chol, inverse, product, chol; minq: one Cholesky of the reversed matrix and a blocked
+triangular inverse). Whole-model timing: ``benchmarks/bench_gptq_model.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 
 import numpy as np
 
-from minq.gptq import Hessian, gptq_quantize
+from minq.gptq import Hessian, _single_threaded_lapack, gptq_quantize, inverse_cholesky
 
 
 def paper_gptq(W, H, bits=4, block=128, damp=0.01):
@@ -45,6 +50,25 @@ def paper_gptq(W, H, bits=4, block=128, damp=0.01):
             W[:, j:i2] -= np.outer(E[:, j - i], Hinv[j, j:i2])
         W[:, i2:] -= E @ Hinv[i:i2, i2:]
     return Q
+
+
+def reference_hessian(batches, n_in):
+    """The reference's ``add_batch``: a float32 running mean, rescaled and a scaled copy of X per batch."""
+    H, n = np.zeros((n_in, n_in), np.float32), 0
+    for X in batches:
+        H *= np.float32(n / (n + 1))
+        n += 1
+        X = np.float32(np.sqrt(2.0 / n)) * X
+        H += X.T @ X
+    return H
+
+
+def reference_inverse_cholesky(H, damp=0.01):
+    """The reference's route to U: chol(H), H^-1 = L^-T L^-1, chol(H^-1) upper (float64, one thread)."""
+    H = H.astype(np.float64) + damp * np.mean(np.diag(H)) * np.eye(len(H))
+    with _single_threaded_lapack():
+        Linv = np.linalg.inv(np.linalg.cholesky(H))
+        return np.linalg.cholesky(Linv.T @ Linv).T
 
 
 def llm_layer(tokens, seed=0):
@@ -110,6 +134,27 @@ def main(argv=None):
         print(f"{name:44s} {t * 1e3:7.0f}ms {times[0] / t:7.1f}x {rel(W_hat):9.5f}")
     print("\nconfig: 4-bit per channel, asymmetric, block 128, damp 0.01 (reference: rel err 0.00728, "
           "fasterquant 1.5-3.5 s on torch CPU)")
+
+    # the two pieces minq computes differently from the reference, at SmolLM2's input widths
+    print(f"\n{'piece (SmolLM2 widths)':44s} {'reference':>9s} {'minq':>9s} {'speedup':>8s}")
+    rng = np.random.default_rng(1)
+    for n_in in (576, 1536):
+        batches = [rng.standard_normal((4096, n_in)).astype(np.float32) for _ in range(4)]
+        Hn = (2 * batches[0].T @ batches[0] / 4096).astype(np.float32) + np.eye(n_in, dtype=np.float32)
+
+        def minq_hessian():
+            h = Hessian(n_in)
+            for X in batches:
+                h.add_batch(X)
+            return h.H
+
+        (t_ref, t_minq), _ = best_times([lambda: reference_hessian(batches, n_in), minq_hessian], args.repeat)
+        print(f"{f'H from 4 x 4096 tokens, in={n_in}':44s} {t_ref * 1e3:7.0f}ms {t_minq * 1e3:7.0f}ms "
+              f"{t_ref / t_minq:7.1f}x")
+        (t_ref, t_minq), _ = best_times([lambda: reference_inverse_cholesky(Hn), lambda: inverse_cholesky(Hn)],
+                                        args.repeat)
+        print(f"{f'inverse Cholesky factor U, in={n_in}':44s} {t_ref * 1e3:7.0f}ms {t_minq * 1e3:7.0f}ms "
+              f"{t_ref / t_minq:7.1f}x")
 
 
 if __name__ == "__main__":
