@@ -519,6 +519,21 @@ def test_model_bad_calibration(smollm2):
         gptq_model(smollm2, np.zeros((2, 16), np.int64), bits=4, blocks=[30])
     with pytest.raises(ValueError, match="batch_size must be"):
         gptq_model(smollm2, np.zeros((2, 16), np.int64), bits=4, batch_size=0)
+
+
+def test_scheme_kwargs():
+    from minq import registry
+    from minq.gptq_model import SCHEMES, scheme_kwargs
+
+    assert scheme_kwargs("gptq-w3g64-act-ts") == dict(bits=3, group_size=64, sym=False, act_order=True,
+                                                      static_groups=False, true_sequential=True)
+    assert scheme_kwargs("gptq-w4-sym") == dict(bits=4, group_size=-1, sym=True, act_order=False,
+                                                static_groups=False, true_sequential=False)
+    for bad in ("gptq-w4-ts-act", "rtn-w4", "gptq-w9", "gptq-w4g0", None):
+        with pytest.raises(ValueError, match="GPTQ scheme name|bits must be|group size"):
+            scheme_kwargs(bad)
+    for name in SCHEMES:
+        assert scheme_kwargs(name)["group_size"] == 64 and name in registry.default_schemes()
     from minq import registry
 
     with pytest.raises(ValueError, match="bits must be in 2..8"):
