@@ -403,7 +403,7 @@ def test_weights_are_views_of_stacked_arrays(model):
         DenseWeight(np.ones((4, 3)), copy=False)
 
 
-def test_rope_kernel_equals_numpy_rope(rng, monkeypatch):
+def test_rope_kernel_equals_numpy_rope(rng, monkeypatch, threads):
     """The forward's RoPE (Numba kernel, strided in and out) is the NumPy ``rope`` times a scale, bit for bit."""
     from minq._jit import py_func
     from minq.models.llama import _rope_kernel, _rope_to, rope, rope_tables
@@ -448,10 +448,24 @@ def test_rms_norm_kernel_equals_numpy_bit_for_bit(args):
         assert_equal(y, want, name=str(kernel))
 
 
-def test_rms_norm_dispatch(rng, monkeypatch):
+@pytest.fixture(params=["serial", "threads"])
+def threads(request, monkeypatch):
+    """Run the row-wise kernels in one piece, or in blocks of rows on 2 threads (whatever the machine)."""
+    import minq.models.llama as L
+
+    if request.param == "threads":
+        monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(L, "_threads", lambda: 2)
+        monkeypatch.setattr(L, "ROW_BLOCK", 2)                     # many blocks, also of tiny inputs
+    else:
+        monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)
+    return request.param
+
+
+def test_rms_norm_dispatch(rng, monkeypatch, threads):
     from minq.models.llama import _rms_norm, rms_norm
 
-    x = rng.standard_normal((2, 7, 576)).astype(np.float32)
+    x = rng.standard_normal((2, 77, 576)).astype(np.float32)        # 154 rows
     gamma = rng.standard_normal(576).astype(np.float32)
     for jit in (True, False):                                        # NUMBA_DISABLE_JIT=1: the NumPy rms_norm
         monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
@@ -499,10 +513,10 @@ def test_swiglu_kernel_close_to_numpy(args):
         assert_close(m, want, rtol=1e-6, atol=1e-30, name=str(kernel))
 
 
-def test_silu_mul_dispatch(rng, monkeypatch):
+def test_silu_mul_dispatch(rng, monkeypatch, threads):
     from minq.models.llama import _silu_mul, _swiglu
 
-    gu = (rng.standard_normal((2, 5, 2 * 96)) * 10).astype(np.float32)
+    gu = (rng.standard_normal((2, 75, 2 * 96)) * 10).astype(np.float32)
     gu[0, 0, :4] = [-100.0, 100.0, 0.0, -0.0]                         # exp(-gate) overflows / is 1
     with np.errstate(over="ignore"):
         want = _swiglu(gu[..., :96], gu[..., 96:])
@@ -510,7 +524,7 @@ def test_silu_mul_dispatch(rng, monkeypatch):
         monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
         with np.errstate(over="ignore"):
             m = _silu_mul(gu, 96)
-        assert m.shape == (2, 5, 96) and m.dtype == np.float32
+        assert m.shape == (2, 75, 96) and m.dtype == np.float32
         assert_close(m, want, rtol=1e-6, atol=1e-30, name=f"jit={jit}")
 
 
@@ -551,15 +565,19 @@ def test_parallel_attention_equals_serial(model, monkeypatch):
     run = L._parallel_for
 
     def spy(fn, items, work):
-        calls.append((len(items), work))
+        if isinstance(items[0], tuple):                              # attention tiles (b, j, t0, t1)
+            calls.append((items, work))
         return run(fn, items, work)
 
     monkeypatch.setattr(L, "_parallel_for", spy)
     monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)                  # threads for every block
+    monkeypatch.setattr(L, "_threads", lambda: 2)
     threaded = model.logits(ids)
-    assert calls[0] == (2 * 3 * 1, 2 * 9 * 32 * 32 * 64)            # B * n_kv tiles of 32 queries
+    assert len(calls) == 30 and calls[0] == ([(b, j, 0, 32) for b in range(2) for j in range(3)],
+                                             2 * 9 * 32 * 32 * 64)   # B * n_kv tiles of 32 queries
     monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)              # never
     assert_close(model.logits(ids), threaded, atol=1e-5, name="serial vs threaded")
+    assert_close(model.logits(ids[:, :16]), threaded[:, :16], atol=1e-4, name="shorter windows")  # other GEMM shapes
 
 
 def test_parallel_for(monkeypatch):

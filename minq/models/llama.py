@@ -60,7 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minq._jit import JIT_ENABLED, njit, prange
+from minq._jit import JIT_ENABLED, njit
 
 __all__ = ["LlamaConfig", "DenseWeight", "KVCache", "LlamaModel", "rms_norm", "rope", "LINEARS", "GROUPS"]
 
@@ -186,6 +186,76 @@ class KVCache:
         return sum(2 * k[:, :, :n].nbytes for k, n in zip(self._k, self._len) if k is not None)
 
 
+# --- threads -----------------------------------------------------------------------------------------
+#
+# The forward uses as many threads as numpy's BLAS has (``OPENBLAS_NUM_THREADS``; threadpoolctl reads
+# it): the big GEMMs through BLAS itself, everything else through ``_parallel_for``, which runs pieces
+# (row blocks, attention tiles) of single-threaded ``nogil`` Numba kernels and small GEMMs on a pool of
+# Python threads, BLAS pinned to one thread meanwhile. Why not Numba's ``parallel=True``: its OpenMP
+# threads spin after every kernel, on the cores the next GEMM needs (measured: +50% CPU time for an
+# RMSNorm + GEMM pair on 2 cores); the pool's threads sleep. And a multi-threaded BLAS splits the
+# attention tiles' small GEMMs ([t g, hd] x [hd, S]) badly: whole tiles per thread run faster.
+
+_POOL = None            # ThreadPoolExecutor, made on first use
+_BLAS = None            # threadpoolctl controller of the loaded BLAS libraries, made on first use
+_POOL_LOCK = threading.Lock()   # one parallel region at a time (the BLAS thread count is process-wide)
+# Below this much work (a rough count of float operations) threads cost more than they save: one token.
+PARALLEL_MIN_WORK = 1 << 18
+ROW_BLOCK = 64          # rows per piece of the row-wise kernels
+
+
+def _blas():
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS
+
+
+def _threads() -> int:
+    """Threads the forward may use: those of numpy's BLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl)."""
+    return max([lib.num_threads for lib in _blas().lib_controllers], default=1)
+
+
+def _parallel_for(fn, items, work: int):
+    """``fn(item)`` for every item, on ``_threads()`` threads when ``work >= PARALLEL_MIN_WORK``.
+
+    The items go to the threads one at a time, in order (list the costly ones first); BLAS runs on one
+    thread meanwhile. ``fn`` must write disjoint outputs; results do not depend on the thread count.
+    """
+    n = min(_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
+    if n <= 1:
+        for item in items:
+            fn(item)
+        return
+    global _POOL
+    with _POOL_LOCK, _blas().limit(limits=1):
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minq")
+        todo, take = iter(items), threading.Lock()
+
+        def worker():
+            while True:
+                with take:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                fn(item)
+
+        helpers = [_POOL.submit(worker) for _ in range(n - 1)]
+        try:
+            worker()                                   # the calling thread is one of the n
+        finally:
+            for f in helpers:
+                f.result()
+
+
+def _row_blocks(N: int):
+    """``range(N)`` as slices of ``ROW_BLOCK`` rows: the pieces of a row-wise kernel."""
+    return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
+
+
 def rope_tables(positions, head_dim: int, theta: float):
     """cos, sin ``[T, head_dim/2]`` of the angles ``pos * theta^(-2i/head_dim)`` (computed in float64)."""
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)    # [hd/2]
@@ -217,32 +287,33 @@ def _rope_to(x, cos, sin, out, scale=1.0):
     The Numba kernel when JIT is on (one pass, no temporaries), else the NumPy ``rope``: the same
     float32 operations in the same order, so the two agree bit for bit (tests/test_llama.py).
     """
-    if JIT_ENABLED:
-        _rope_kernel(x, cos, sin, np.float32(scale), out)
+    if JIT_ENABLED:                                    # blocks of positions on threads
+        _parallel_for(lambda r: _rope_kernel(x[:, r], cos[r], sin[r], np.float32(scale), out[:, r]),
+                      _row_blocks(x.shape[1]), work=x.size)
     else:
         out[...] = rope(x, cos[:, None, None], sin[:, None, None]) * np.float32(scale)
 
 
-@njit(parallel=True)
+@njit
 def _rope_kernel(x, cos, sin, scale, out):
     B, T, H, G, hd = x.shape
     half = hd // 2
-    for bt in prange(B * T):                                   # tokens in parallel
-        b, t = bt // T, bt % T
-        for h in range(H):
-            for j in range(G):
-                for i in range(half):
-                    x1, x2 = x[b, t, h, j, i], x[b, t, h, j, i + half]
-                    out[b, t, h, j, i] = (x1 * cos[t, i] - x2 * sin[t, i]) * scale
-                    out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
+    for b in range(B):
+        for t in range(T):
+            for h in range(H):
+                for j in range(G):
+                    for i in range(half):
+                        x1, x2 = x[b, t, h, j, i], x[b, t, h, j, i + half]
+                        out[b, t, h, j, i] = (x1 * cos[t, i] - x2 * sin[t, i]) * scale
+                        out[b, t, h, j, i + half] = (x2 * cos[t, i] + x1 * sin[t, i]) * scale
 
 
 # --- elementwise work: each NumPy reference with the Numba kernel the forward runs beside it ---------
 #
 # The forward's time is GEMMs plus this elementwise work (RMSNorm, SwiGLU, the softmax). NumPy runs it
-# on one core; the kernels run it on all the cores BLAS uses: RMSNorm and SwiGLU over rows (``prange``),
-# the attention tiles on a few Python threads (``_parallel_for``). Each dispatcher (``_rms_norm``,
-# ``_silu_mul``, ``_softmax_tile``) runs its NumPy reference when JIT is off (``NUMBA_DISABLE_JIT=1``).
+# on one core; the kernels run in blocks of rows on all the cores BLAS uses (``_parallel_for``). Each
+# dispatcher (``_rms_norm``, ``_silu_mul``, ``_softmax_tile``) runs its NumPy reference when JIT is off
+# (``NUMBA_DISABLE_JIT=1``).
 
 
 def rms_norm(x, gamma, eps: float):
@@ -260,8 +331,8 @@ def _rms_norm(x, gamma, eps: float):
         return rms_norm(x, gamma, eps)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(x.shape, np.float32)
-    d = x.shape[-1]
-    _rms_norm_kernel(x.reshape(-1, d), gamma, np.float32(eps), y.reshape(-1, d))
+    x2, y2, eps = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]), np.float32(eps)   # [N, d]
+    _parallel_for(lambda r: _rms_norm_kernel(x2[r], gamma, eps, y2[r]), _row_blocks(len(x2)), work=x.size)
     return y
 
 
@@ -323,20 +394,19 @@ def _pairwise_sum(a, n, todo, sums):
     return sums[0]
 
 
-@njit(parallel=True)
+@njit
 def _rms_norm_kernel(x, gamma, eps, y):
-    """``y [N, d] = rms_norm(x [N, d], gamma, eps)``, rows in parallel: the same float32 operations in
-    the same order as the NumPy ``rms_norm``."""
+    """``y [N, d] = rms_norm(x [N, d], gamma, eps)``: the same float32 operations in the same order as
+    the NumPy ``rms_norm``."""
     N, d = x.shape
-    for blk in prange((N + 15) // 16):                       # blocks of 16 rows share the scratch
-        sq, todo, sums = np.empty(d, np.float32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
-        for i in range(16 * blk, min(16 * blk + 16, N)):
-            for j in range(d):
-                sq[j] = x[i, j] * x[i, j]
-            ms = _pairwise_sum(sq, d, todo, sums) / np.float32(d)  # mean(x^2)
-            r = np.float32(1.0) / np.sqrt(ms + eps)
-            for j in range(d):
-                y[i, j] = x[i, j] * r * gamma[j]
+    sq, todo, sums = np.empty(d, np.float32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
+    for i in range(N):
+        for j in range(d):
+            sq[j] = x[i, j] * x[i, j]
+        ms = _pairwise_sum(sq, d, todo, sums) / np.float32(d)      # mean(x^2)
+        r = np.float32(1.0) / np.sqrt(ms + eps)
+        for j in range(d):
+            y[i, j] = x[i, j] * r * gamma[j]
 
 
 # exp(v) = 2^z * exp(r), z = round(v / ln 2), r = v - z ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts, so
@@ -391,24 +461,24 @@ def _silu_mul(gu, hidden: int):
         return _swiglu(gu[..., :hidden], gu[..., hidden:])
     gu = np.ascontiguousarray(gu, dtype=np.float32)
     m = np.empty((*gu.shape[:-1], hidden), np.float32)
-    _swiglu_kernel(gu.reshape(-1, 2 * hidden), m.reshape(-1, hidden))
+    gu2, m2 = gu.reshape(-1, 2 * hidden), m.reshape(-1, hidden)                  # [N, 2 hidden], [N, hidden]
+    _parallel_for(lambda r: _swiglu_kernel(gu2[r], m2[r]), _row_blocks(len(m2)), work=gu.size)
     return m
 
 
-@njit(parallel=True)
+@njit
 def _swiglu_kernel(gu, m):
-    """``m [N, H] = _swiglu(gu[:, :H], gu[:, H:])`` for ``gu [N, 2H]``, rows in parallel: the same float32
-    operations in the same order, with ``_exp_`` for ``np.exp``."""
+    """``m [N, H] = _swiglu(gu[:, :H], gu[:, H:])`` for ``gu [N, 2H]``: the same float32 operations in
+    the same order, with ``_exp_`` for ``np.exp``."""
     N, H = m.shape
-    for blk in prange((N + 15) // 16):                       # blocks of 16 rows share a scratch row
-        bits = np.empty(H, np.int32)
-        for i in range(16 * blk, min(16 * blk + 16, N)):
-            mi = m[i]
-            for j in range(H):
-                mi[j] = -gu[i, j]
-            _exp_(mi, bits)                                        # exp(-gate)
-            for j in range(H):
-                mi[j] = gu[i, j] / (mi[j] + np.float32(1.0)) * gu[i, H + j]
+    bits = np.empty(H, np.int32)
+    for i in range(N):
+        mi = m[i]
+        for j in range(H):
+            mi[j] = -gu[i, j]
+        _exp_(mi, bits)                                            # exp(-gate)
+        for j in range(H):
+            mi[j] = gu[i, j] / (mi[j] + np.float32(1.0)) * gu[i, H + j]
 
 
 def causal_softmax_(s, first: int):
@@ -477,66 +547,6 @@ def _attend(q, k, v):
     s = (q.reshape(t * g, hd) @ k.T).reshape(t, g, S)                     # scores [t, g, S], one GEMM
     _softmax_tile(s, S - t)                                                # probabilities, masked
     return (s.reshape(t * g, S) @ v).reshape(t, g, hd)                     # [t, g, hd]
-
-
-# --- threads for the attention tiles ----------------------------------------------------------------
-#
-# The tiles' GEMMs are small ([t g, hd] x [hd, S]): a multi-threaded BLAS splits each of them badly.
-# ``_parallel_for`` runs whole tiles on as many Python threads as numpy's BLAS has, BLAS pinned to one
-# thread meanwhile (threadpoolctl); numpy's matmul and the ``nogil`` kernels release the GIL.
-
-_POOL = None            # ThreadPoolExecutor, made on first use
-_BLAS = None            # threadpoolctl controller of the loaded BLAS libraries, made on first use
-_POOL_LOCK = threading.Lock()   # one parallel region at a time (the BLAS thread count is process-wide)
-# Below this much work (multiply-adds of the scores) the threads cost more than they save (one token).
-PARALLEL_MIN_WORK = 1 << 20
-
-
-def _blas():
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS
-
-
-def _threads() -> int:
-    """Threads the forward may use: those of numpy's BLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl)."""
-    return max([lib.num_threads for lib in _blas().lib_controllers], default=1)
-
-
-def _parallel_for(fn, items, work: int):
-    """``fn(item)`` for every item, on ``_threads()`` threads when ``work >= PARALLEL_MIN_WORK``.
-
-    The items go to the threads one at a time, in order (list the costly ones first). ``fn`` must
-    write disjoint outputs; results do not depend on the thread count.
-    """
-    n = min(_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
-    if n <= 1:
-        for item in items:
-            fn(item)
-        return
-    global _POOL
-    with _POOL_LOCK, _blas().limit(limits=1):
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minq")
-        todo, take = iter(items), threading.Lock()
-
-        def worker():
-            while True:
-                with take:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                fn(item)
-
-        helpers = [_POOL.submit(worker) for _ in range(n - 1)]
-        try:
-            worker()                                   # the calling thread is one of the n
-        finally:
-            for f in helpers:
-                f.result()
 
 
 def _linear_shape(c: LlamaConfig, linear: str) -> tuple:
