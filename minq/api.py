@@ -7,7 +7,8 @@ The input model is never modified: the result is a new model that shares the unc
 
 calibration: for schemes that need it (``Scheme.needs_calibration``), text (str) or token ids
 [n_samples, seq_len] (or one flat sequence); None means the calibration part of minq's ``data/``
-(``minq.data.calibration_tokens``: 128 windows of 512 tokens, seeded).
+(``minq.data.calibration_tokens``: 128 windows of 512 tokens, seeded; for a sentence encoder such as
+MiniLM, 128 of its lines as padded sentences: ``minq.ptq.sentence_calibration``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def calibration_ids(model, calibration=None, *, n_samples: int = 128, seq_len: i
     """Calibration token ids ``[n, seq_len]`` (int64) from text, ids, or minq's calibration text."""
     if calibration is None:
         from minq.data import calibration_tokens
+        from minq.models.bert import BertEncoder
+
+        if isinstance(model, BertEncoder):                      # sentences, not windows of one long text
+            from minq.ptq import sentence_calibration
+
+            return sentence_calibration(model, n_samples=n_samples, seed=seed)
 
         return calibration_tokens(model.tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed)
     if isinstance(calibration, str):

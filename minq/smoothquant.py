@@ -16,7 +16,8 @@ Both are clamped to at least 1e-5, and so is ``s`` (the reference code, ``smooth
 
 Where does ``diag(s)^-1`` go? Into the operation that produces X, so that no extra operation runs
 and the float model is unchanged (to float32 rounding; tests/test_ptq.py checks 1e-5 relative on the
-logits). A Llama block has four linear inputs, and each has such a place (``TARGETS``):
+logits). A Llama block has four linear inputs, and each has such a place (``TARGETS``; the folding
+itself is ``minq.folding.fold_scales``, which AWQ shares):
 
     "qkv"      attn_norm gamma / s   ->  attn_q, attn_k, attn_v columns * s    (the paper's, for Llama)
     "gate_up"  ffn_norm gamma / s    ->  ffn_gate, ffn_up columns * s          (the paper's, for Llama)
@@ -47,7 +48,7 @@ import re
 
 import numpy as np
 
-from minq.models.llama import DenseWeight
+from minq.folding import TARGETS, fold_scales, o_input_to_v_row
 from minq.observers import MinMaxObserver
 from minq.ptq import _check_calibration, calibrate, quantize_w8a8
 from minq.registry import Scheme, register_family
@@ -55,15 +56,6 @@ from minq.registry import Scheme, register_family
 __all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA", "SCHEMES"]
 
 ALPHA = 0.5
-# target -> (what absorbs 1/s: a norm gamma, or the rows of a linear; the linears whose columns get * s)
-TARGETS = {
-    "qkv": (("norm", "attn_norm"), ("attn_q", "attn_k", "attn_v")),
-    "gate_up": (("norm", "ffn_norm"), ("ffn_gate", "ffn_up")),
-    "down": (("rows", "ffn_up"), ("ffn_down",)),
-    "o": (("rows", "attn_v"), ("attn_output",)),
-}
-
-
 def _check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha (migration strength) must be a number in [0, 1], got {alpha!r}")
@@ -99,13 +91,6 @@ def smooth_scales(act_absmax, weights, alpha: float = ALPHA):
     return np.maximum(a ** alpha / w ** (1 - alpha), 1e-5).astype(np.float32)
 
 
-def _kv_of_o_inputs(config):
-    """For each input channel of attn_output (query head h, dim d): the attn_v row it comes from."""
-    hd, g = config.head_dim, config.n_heads // config.n_kv_heads
-    c = np.arange(config.n_heads * hd)
-    return (c // (g * hd)) * hd + c % hd                                      # [d_model] -> v row
-
-
 def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)):
     """The float model with SmoothQuant's scales folded in (see the module docstring).
 
@@ -116,19 +101,14 @@ def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)
     _check_decoder(model)
     alpha = _check_alpha(alpha)
     targets = _check_targets(targets)
-    norms, W, scales = {}, {}, {}
-
-    def weight(name):
-        return W[name] if name in W else model.weights[name].dequantize()
-
+    kv = o_input_to_v_row(model.config)                                      # [d] -> v row
+    fold, scales = {}, {}
     for i in range(model.config.n_layers):
         for t in targets:
-            (kind, prev), group = TARGETS[t]
-            names = [f"blk.{i}.{n}" for n in group]
+            names = [f"blk.{i}.{n}" for n in TARGETS[t][1]]
             a = np.asarray(act_absmax[names[0]], np.float32).reshape(-1)
-            Ws = [weight(n) for n in names]
+            Ws = [model.weights[n].dequantize() for n in names]
             if t == "o":                       # one scale per V channel: maxima over its query heads
-                kv = _kv_of_o_inputs(model.config)                           # [d] -> v row
                 n_v = kv.max() + 1
                 a_v, w_v = np.zeros(n_v, np.float32), np.zeros(n_v, np.float32)
                 np.maximum.at(a_v, kv, a)
@@ -137,15 +117,9 @@ def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)
                 s = s_prev[kv]                                               # [d]
             else:
                 s = s_prev = smooth_scales(a, Ws, alpha)                     # [in]
-            p = f"blk.{i}.{prev}"
-            if kind == "norm":
-                norms[p] = model.norms[p] / s_prev
-            else:
-                W[p] = weight(p) / s_prev[:, None]                           # rows of the previous linear
-            W.update({n: Wn * s[None, :] for n, Wn in zip(names, Ws)})       # columns * s
+            fold[f"blk.{i}.{t}"] = s_prev
             scales[f"blk.{i}.{t}"] = s
-    new = model.with_norms(norms) if norms else model
-    return new.with_weights({n: DenseWeight(Wn) for n, Wn in W.items()}), scales
+    return fold_scales(model, fold), scales
 
 
 def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str = "static",

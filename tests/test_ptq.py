@@ -8,10 +8,11 @@ import minq
 import minq.smoothquant  # noqa: F401  (registers smoothquant-w8a8)
 from minq import affine, registry
 from minq.data import calibration_tokens, eval_tokens
+from minq.folding import o_input_to_v_row
 from minq.groups import quantize_groups
 from minq.observers import MinMaxObserver
 from minq.ptq import ActQuantModel, Int8Activations, calibrate, int8_matmul, int8_weight
-from minq.smoothquant import _kv_of_o_inputs, quantize_smoothquant, smooth, smooth_scales
+from minq.smoothquant import quantize_smoothquant, smooth, smooth_scales
 from minq.testing import assert_bound, assert_close, assert_equal
 
 
@@ -172,7 +173,7 @@ def test_smooth_scales_formula():
 
 def test_o_proj_scales_follow_the_kv_head_of_each_query_head(model):
     c = model.config
-    kv = _kv_of_o_inputs(c)                                  # 9 query heads, 3 KV heads of 64
+    kv = o_input_to_v_row(c)                                  # 9 query heads, 3 KV heads of 64
     assert kv.shape == (c.dim,) and kv.max() == c.n_kv_heads * c.head_dim - 1
     assert kv[0] == 0 and kv[3 * 64] == 64 and kv[3 * 64 - 1] == 63 and kv[8 * 64 + 5] == 2 * 64 + 5
 
@@ -346,6 +347,16 @@ def test_w8a8_schemes_run_on_minilm(encoder, enc_cal, name):
     if name != "llmint8":                                    # every input on its int8 grid
         sx = q.act["layer.2.output"].scales(X)[0]
         assert_close(np.rint(X / sx) * sx, X, rtol=1e-6, atol=0)
+
+
+def test_minilm_default_calibration_is_sentences(encoder):
+    from minq.api import calibration_ids
+    from minq.ptq import sentence_calibration
+
+    ids = calibration_ids(encoder)
+    assert_equal(ids, sentence_calibration(encoder, n_samples=128, seed=0))
+    q = minq.quantize(encoder, "w8a8-dynamic", progress=False)                      # no calibration given
+    assert isinstance(q, ActQuantModel)
 
 
 def test_minilm_bad_calibration_and_smoothquant_rejected(encoder):
