@@ -232,11 +232,12 @@ def _gptq(m: re.Match) -> registry.Scheme:
 registry.register_family(PATTERN.pattern, _gptq, "gptq-w{bits}[g{group}][-sym][-act][-static][-ts]")
 
 # What the default ``minq report`` runs (``registry.default_schemes()`` gathers it). Each GPTQ scheme
-# calibrates on 128 x 512 tokens: two block forwards per layer over 65,536 tokens, about 8-10 minutes
-# for SmolLM2 on 2 idle cores (benchmarks/bench_gptq_model.py; several times that on a loaded machine),
-# so the default report runs two: GPTQ's best variant (act-order) at the two grids where RTN
-# (rtn-w4g64, rtn-w3g64) and AWQ (awq-w4g64, awq-w3g64) also appear, which makes the table a direct
-# comparison of the three methods. The rest of chapter 06's table — gptq-w4 and gptq-w2g64, every
-# scheme without -act, the -ts (true-sequential) variants — is registered: run it with
-# ``minq report --schemes gptq-w4,gptq-w4-act,...``.
+# calibrates on 128 x 512 tokens: about 59 block forwards over 65,536 tokens each. Measured for
+# gptq-w4g64 (benchmarks/bench_gptq_model.py): 81 min wall on the 2 shared cores at load average 11,
+# 93 s for the first 4 blocks at load 5 (12 min extrapolated, ~5-8 min on 2 idle cores from its CPU
+# time) — so the default report runs two GPTQ schemes, not the ten of chapter 06's table: GPTQ's best
+# variant (act-order) at the two grids where RTN (rtn-w4g64, rtn-w3g64) and AWQ (awq-w4g64, awq-w3g64)
+# also appear, which makes the table a direct comparison of the three methods. The rest — gptq-w4 and
+# gptq-w2g64, every scheme without -act, the -ts (true-sequential) variants — is registered: run it
+# with ``minq report --schemes gptq-w4,gptq-w4-act,...``.
 SCHEMES = ["gptq-w4g64-act", "gptq-w3g64-act"]
