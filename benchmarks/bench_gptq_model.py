@@ -67,7 +67,7 @@ def main(argv=None):
     if args.float:
         models["float32"] = model
     for name, m in models.items():
-        res["ppl"][name] = {n: perplexity(m, ev[:n], 512, progress=False) for n in sorted({8192, len(ev)})}
+        res["ppl"][name] = {n: perplexity(m, ev[:n], 512, progress=False) for n in sorted({min(8192, len(ev)), len(ev)})}
     ph = res["phases"]
     print(f"\n{args.scheme}, {args.samples} x {args.seq_len} calibration tokens: {seconds:.0f} s "
           f"(forward {ph['forward']:.0f} s, X^T X {ph['hessian']:.0f} s, gptq_quantize {ph['gptq']:.0f} s, "
