@@ -142,16 +142,17 @@ def main(argv=None):
         batches = [rng.standard_normal((4096, n_in)).astype(np.float32) for _ in range(4)]
         Hn = (2 * batches[0].T @ batches[0] / 4096).astype(np.float32) + np.eye(n_in, dtype=np.float32)
 
-        def minq_hessian():
+        def minq_hessian(batches=batches, n_in=n_in):
             h = Hessian(n_in)
             for X in batches:
                 h.add_batch(X)
             return h.H
 
-        (t_ref, t_minq), _ = best_times([lambda: reference_hessian(batches, n_in), minq_hessian], args.repeat)
+        (t_ref, t_minq), _ = best_times([lambda b=batches, n=n_in: reference_hessian(b, n), minq_hessian],
+                                        args.repeat)
         print(f"{f'H from 4 x 4096 tokens, in={n_in}':44s} {t_ref * 1e3:7.0f}ms {t_minq * 1e3:7.0f}ms "
               f"{t_ref / t_minq:7.1f}x")
-        (t_ref, t_minq), _ = best_times([lambda: reference_inverse_cholesky(Hn), lambda: inverse_cholesky(Hn)],
+        (t_ref, t_minq), _ = best_times([lambda H=Hn: reference_inverse_cholesky(H), lambda H=Hn: inverse_cholesky(H)],
                                         args.repeat)
         print(f"{f'inverse Cholesky factor U, in={n_in}':44s} {t_ref * 1e3:7.0f}ms {t_minq * 1e3:7.0f}ms "
               f"{t_ref / t_minq:7.1f}x")
