@@ -392,17 +392,8 @@ def test_bad_input():
 # --- model level: sequential GPTQ on SmolLM2 (fast setting: a few short windows, two blocks) -------
 
 @pytest.fixture(scope="module")
-def smollm2():
-    import minq
-
-    return minq.load_model("smollm2", progress=False)
-
-
-@pytest.fixture(scope="module")
-def cal_ids(smollm2):
-    from minq.data import calibration_tokens
-
-    return calibration_tokens(smollm2.tokenizer, n_samples=4, seq_len=64)
+def cal_ids(smollm2_cal):                      # smollm2 / smollm2_cal: tests/conftest.py (4 x 64 tokens)
+    return smollm2_cal
 
 
 def _stacked_gptq(model, ids, names, **kw):

@@ -101,11 +101,6 @@ def test_calibration_ids_from_text_ids_and_errors():
 # --- the main job on the real model (small: 2 windows) -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return minq.load_model("smollm2", progress=False)
-
-
 def test_report_writes_table_and_plot(tmp_path, smollm2):
     rows = run_report(smollm2, ["rtn-w8", "rtn-w3g64", "rtn-w2g64"], out_dir=tmp_path, max_tokens=1024,
                       progress=False)
