@@ -11,7 +11,7 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
 # The chapters written so far; later ones (07_awq, ...) are checked by the tests below as soon as they exist.
 REQUIRED = ("01_float_formats.ipynb", "02_scale_zero_point.ipynb", "03_group_quantization.ipynb",
-            "04_ptq.ipynb", "06_gptq.ipynb")
+            "04_ptq.ipynb", "06_gptq.ipynb", "07_awq.ipynb")
 
 
 def test_chapter_notebooks_exist():
