@@ -92,3 +92,21 @@ def _all_finite(x) -> bool:
 
         return bool(torch.isfinite(x).all())
     return bool(np.isfinite(x).all())
+
+
+def check_hooks(hooks, linear_names):
+    """Calibration hooks of a minq model: None, or ``{linear name: fn(name, X)}`` naming known linears.
+
+    Raises TypeError (not a dict, a value not callable) or ValueError (unknown names), naming ``hooks``.
+    """
+    if hooks is None:
+        return None
+    if not isinstance(hooks, dict):
+        raise TypeError(f"hooks must be a dict {{linear name: fn(name, X)}}, got {type(hooks).__name__}")
+    unknown = sorted(set(hooks) - set(linear_names))
+    if unknown:
+        raise ValueError(f"hooks name unknown linears {unknown[:5]}; see model.linear_names()")
+    for name, fn in hooks.items():
+        if not callable(fn):
+            raise TypeError(f"hooks[{name!r}] must be callable fn(name, X), got {type(fn).__name__}")
+    return hooks

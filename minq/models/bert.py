@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minq._checks import check_hooks
 from minq.models.llama import DenseWeight, _dense_of
 
 __all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
@@ -327,17 +328,7 @@ class BertEncoder:
     # --- forward ------------------------------------------------------------------------------------
 
     def _check_hooks(self, hooks):
-        if hooks is None:
-            return None
-        if not isinstance(hooks, dict):
-            raise TypeError(f"hooks must be a dict {{linear name: fn(name, X)}}, got {type(hooks).__name__}")
-        unknown = sorted(set(hooks) - set(self.weights))
-        if unknown:
-            raise ValueError(f"hooks name unknown linears {unknown[:5]}; see model.linear_names()")
-        for name, fn in hooks.items():
-            if not callable(fn):
-                raise TypeError(f"hooks[{name!r}] must be callable fn(name, X), got {type(fn).__name__}")
-        return hooks
+        return check_hooks(hooks, self.weights)
 
     def _linear(self, name: str, x, hooks=None, real=None, X_real=None):
         """``x [..., in] -> x · W^T + b  [..., out]`` (one 2-D BLAS matmul over all the rows).

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minq._checks import check_hooks
 from minq._jit import JIT_ENABLED, njit
 
 __all__ = ["LlamaConfig", "DenseWeight", "KVCache", "LlamaModel", "rms_norm", "rope", "LINEARS", "GROUPS"]
@@ -697,17 +698,7 @@ class LlamaModel:
             raise ValueError(f"block index i must be an int in [0, {self.config.n_layers}), got {i!r}")
 
     def _check_hooks(self, hooks):
-        if hooks is None:
-            return None
-        if not isinstance(hooks, dict):
-            raise TypeError(f"hooks must be a dict {{linear name: fn(name, X)}}, got {type(hooks).__name__}")
-        unknown = sorted(set(hooks) - set(self.weights))
-        if unknown:
-            raise ValueError(f"hooks name unknown linears {unknown[:5]}; see model.linear_names()")
-        for name, fn in hooks.items():
-            if not callable(fn):
-                raise TypeError(f"hooks[{name!r}] must be callable fn(name, X), got {type(fn).__name__}")
-        return hooks
+        return check_hooks(hooks, self.weights)
 
     # --- forward ------------------------------------------------------------------------------------
 
