@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from minq.gptq import Hessian, _single_threaded_lapack, gptq_quantize, inverse_cholesky
+from minq.testing import llm_like_layer
 
 
 def paper_gptq(W, H, bits=4, block=128, damp=0.01):
@@ -71,18 +72,6 @@ def reference_inverse_cholesky(H, damp=0.01):
         return np.linalg.cholesky(Linv.T @ Linv).T
 
 
-def llm_layer(tokens, seed=0):
-    """W [1536, 576] and llm-like X [tokens + 1024, 576] of gptq_awq.md §5.1 (drawn in its order)."""
-    rng = np.random.default_rng(seed)
-    W = (rng.standard_normal((1536, 576)) / np.sqrt(576)).astype(np.float32)
-    A = rng.standard_normal((576, 576)) / np.sqrt(576)
-    Z = rng.standard_normal((tokens + 1024, 576))
-    X = Z @ (0.5 * np.eye(576) + A)
-    X *= np.exp(rng.normal(0, 1, 576))
-    X[:, rng.choice(576, 6, replace=False)] *= 20
-    return W, X.astype(np.float32)
-
-
 def best_times(fns, repeat):
     """Best time of each of ``fns`` over ``repeat`` rounds, run round-robin (a burst of load from other
     processes hits all of them alike), after one warm-up call each; also returns their outputs."""
@@ -101,7 +90,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--tokens", type=int, default=4096)
     args = p.parse_args(argv)
-    W, X = llm_layer(args.tokens)
+    W, X = llm_like_layer(0, n_tokens=args.tokens + 1024)        # gptq_awq.md §5.1, 1024 held out
     Xc = X[:args.tokens]
 
     def hessian():

@@ -15,24 +15,12 @@ from hypothesis import strategies as st
 import minq.gptq_model  # noqa: F401  (registers the gptq-* schemes)
 from minq.gptq import GPTQWeight, Hessian, gptq_quantize, inverse_cholesky
 from minq.groups import GroupedAffine, quantize_groups
-from minq.testing import assert_close, assert_equal
-
-
-def llm_layer(seed=0, n_tokens=4096):
-    """The synthetic llm-like layer of gptq_awq.md §5.1 (drawn in its order): W [1536, 576], X [5120, 576]."""
-    rng = np.random.default_rng(seed)
-    W = (rng.standard_normal((1536, 576)) / np.sqrt(576)).astype(np.float32)
-    A = rng.standard_normal((576, 576)) / np.sqrt(576)
-    Z = rng.standard_normal((5120, 576))
-    X = Z @ (0.5 * np.eye(576) + A)
-    X *= np.exp(rng.normal(0, 1, 576))
-    X[:, rng.choice(576, 6, replace=False)] *= 20
-    return W, X.astype(np.float32)
+from minq.testing import assert_close, assert_equal, llm_like_layer
 
 
 @pytest.fixture(scope="module")
 def layer():
-    W, X = llm_layer()
+    W, X = llm_like_layer()
     h = Hessian(576)
     h.add_batch(X[:2048][None])        # the reference: add_batch twice with (1, 2048, 576)
     h.add_batch(X[2048:4096][None])
