@@ -49,7 +49,7 @@ from minq.folding import fold_scales
 from minq.groups import GroupedAffine, quantize_groups, resolve_group_size
 
 __all__ = ["ALPHAS", "SHRINKS", "AWQWeight", "act_mean", "awq_scales", "fake_quantize_groups", "scaled_fake_quantize",
-           "search_scale",
+           "search_scale", "awq_block", "awq_model",
            "search_clip", "clip_weight", "awq_quantize", "output_error"]
 
 ALPHAS = tuple(i / 20 for i in range(20))          # 0, 0.05, ..., 0.95 (alpha = 1 is never tried)
@@ -314,36 +314,36 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
               scale_dtype: str = "float16", search_windows: int = SEARCH_WINDOWS, batch_size: int = 8):
     """AWQ on block ``i`` of a Llama ``model`` for its float inputs ``x [n, T, d]``.
 
-    Returns ``(scales, W, y, info)``: ``scales`` ``{f"blk.{i}.{target}": s}`` for ``minq.folding``;
-    ``W`` ``{name: float32 [out, in]}`` the block's weights scaled (and clipped), not yet quantized;
-    ``y [n, T, d]`` the block's float outputs (the next block's inputs); ``info`` ``{target: (alpha,
-    losses)}``.
+    Returns ``(W, norms, y, info)``: ``W`` ``{name: float32 [out, in]}`` the block's weights with the
+    scales folded in (and clipped), not yet quantized; ``norms`` ``{name: gamma [d]}`` its RMSNorm
+    gammas divided by the scales; ``y [n, T, d]`` the block's float outputs (the next block's inputs);
+    ``info`` ``{target: (alpha, losses)}``.
     """
+    from minq.models.llama import DenseWeight
+
     c = model.config
     p = f"blk.{i}."
     first = {"qkv": "attn_q", "o": "attn_output", "gate_up": "ffn_gate", "down": "ffn_down"}
     n_search = search_windows * x.shape[1]                                        # search tokens
     stats = {t: _Stats(model.weights[p + n].shape[1], n_search) for t, n in first.items()}
-    X_gu = []
+    kept = {"o": [], "gate_up": []}           # the first n_search tokens of these inputs, for the searches
 
     def hook(name, X):
         t = next(t for t, n in first.items() if name == p + n)
         stats[t].add(X)
-        if t == "gate_up" and sum(len(a) for a in X_gu) < n_search:
-            X_gu.append(np.array(X))
+        if t in kept and sum(len(a) for a in kept[t]) < n_search:
+            kept[t].append(np.array(X))
 
     y = np.concatenate([model.run_block(i, x[a:a + batch_size], hooks={p + n: hook for n in first.values()})
                         for a in range(0, len(x), batch_size)])                  # [n, T, d]
     W = {n: np.array(model.weights[p + n].dequantize(), np.float32) for n in
          ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
     xs = x[:search_windows]
-    ctx_fp = _attention_context(model, i, xs)                                     # [tokens, d]
-    X_gu = np.concatenate(X_gu)[:n_search]
+    ctx_fp = np.concatenate(kept["o"])[:n_search]               # float attention context of xs [tokens, d]
+    X_gu = np.concatenate(kept["gate_up"])[:n_search]
     y_mlp = _mlp(X_gu, W["ffn_gate"], W["ffn_up"], W["ffn_down"])
 
     def loss_qkv(W_hat):
-        from minq.models.llama import DenseWeight
-
         rows = np.cumsum([0, len(W["attn_q"]), len(W["attn_k"])])
         trial = model.with_weights({p + n: DenseWeight(W_hat[a:b], copy=False) for n, a, b in
                                     zip(("attn_q", "attn_k", "attn_v"), rows, list(rows[1:]) + [len(W_hat)])})
@@ -365,14 +365,14 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
     }
     if c.n_kv_heads == c.n_heads:            # v -> o only without GQA (the reference's shape check)
         searches["o"] = (W["attn_output"], loss_linear(W["attn_output"], stats["o"]))
-    scales, info, s_in = {}, {}, {}
+    s_in, info = {}, {}
     for t, (Wt, loss) in searches.items():
-        s, alpha, losses = search_scale(stats[t].x_bar, np.ascontiguousarray(Wt), loss, bits=bits,
-                                        group_size=group_size, alphas=alphas, scale_dtype=scale_dtype)
-        scales[p + t] = s_in[t] = s
+        s_in[t], alpha, losses = search_scale(stats[t].x_bar, Wt, loss, bits=bits, group_size=group_size,
+                                              alphas=alphas, scale_dtype=scale_dtype)
         info[t] = (alpha, losses)
-    folded = fold_scales(model, scales)                  # the float model with this block's scales folded in
+    folded = fold_scales(model, {p + t: s for t, s in s_in.items()})   # this block's scales folded in
     W = {n: np.array(folded.weights[p + n].dequantize(), np.float32) for n in W}
+    norms = {p + n: folded.norms[p + n] for n in ("attn_norm", "ffn_norm")}
     if clip:
         inputs = {"attn_q": "qkv", "attn_k": "qkv", "attn_v": "qkv", "attn_output": "o", "ffn_gate": "gate_up",
                   "ffn_up": "gate_up", "ffn_down": "down"}
@@ -385,7 +385,7 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
             max_val, _ = search_clip(W[n], H, bits=bits, group_size=group_size, shrinks=shrinks,
                                      scale_dtype=scale_dtype)
             W[n] = clip_weight(W[n], max_val, group_size)
-    return scales, {p + n: Wn for n, Wn in W.items()}, y, info
+    return {p + n: Wn for n, Wn in W.items()}, norms, y, info
 
 
 def awq_model(model, calibration, *, bits: int, group_size, alphas=ALPHAS, clip: bool = True, shrinks=SHRINKS,
@@ -419,21 +419,20 @@ def awq_model(model, calibration, *, bits: int, group_size, alphas=ALPHAS, clip:
         raise ValueError(f"blocks must be a non-empty list of block indices in [0, {n_layers}), got {blocks!r}")
     t0 = time.perf_counter()
     x = model.embed(ids)                                                          # [n, T, d]
-    scales, weights, layers = {}, {}, []
+    norms, weights, layers = {}, {}, []
     for i in tqdm(range(blocks[-1] + 1), desc=f"AWQ w{bits}", unit="layer", disable=not progress):
         if i not in blocks:
             x = np.concatenate([model.run_block(i, x[a:a + batch_size]) for a in range(0, len(x), batch_size)])
             continue
-        s, W, x, info = awq_block(model, i, x, bits=bits, group_size=group_size, alphas=alphas, clip=clip,
+        W, g, x, info = awq_block(model, i, x, bits=bits, group_size=group_size, alphas=alphas, clip=clip,
                                   shrinks=shrinks, scale_dtype=scale_dtype, search_windows=search_windows,
                                   batch_size=batch_size)
-        scales.update(s)
+        norms.update(g)
         weights.update({n: quantize_groups(Wn, bits=bits, group_size=group_size, scale_dtype=scale_dtype)
                         if quantize else DenseWeight(Wn) for n, Wn in W.items()})
         layers.append(info)
-    # fold every scale (norms and producer rows / s, consumer columns * s), then swap in the clipped and
-    # quantized weights, which already hold the scaled values
-    new = fold_scales(model, scales).with_weights(weights)
+    # the folded gammas, and the weights that already hold the scales (producer rows / s, columns * s)
+    new = model.with_norms(norms).with_weights(weights)
     if stats is not None:
         stats.update(seconds=time.perf_counter() - t0, tokens=int(ids.size), layers=layers)
     return new
