@@ -124,6 +124,10 @@ def search_scale(x_bar, W, loss, *, bits: int, group_size, alphas=ALPHAS, scale_
     NaN/Inf (the reference raises too).
     """
     alphas = _check_alphas(alphas)
+    check_float_array(x_bar, "x_bar", ndim=1)
+    check_float_array(W, "W", ndim=2)
+    if x_bar.shape[0] != W.shape[1]:
+        raise ValueError(f"x_bar must have {W.shape[1]} entries (W's input width), got {x_bar.shape[0]}")
     losses = np.array([loss(scaled_fake_quantize(W, awq_scales(x_bar, a), bits=bits, group_size=group_size,
                                                  scale_dtype=scale_dtype)) for a in alphas], dtype=np.float64)
     if not np.isfinite(losses).any():
@@ -137,8 +141,14 @@ def search_clip(W, H, *, bits: int, group_size, shrinks=SHRINKS, scale_dtype: st
 
     H [in, in] = X^T X of the (already scaled) inputs; only its diagonal blocks enter: the error of
     candidate ``c`` in row ``o``, group ``k`` is ``dW_ok H_kk dW_ok^T`` with ``dW = Q(clip(W)) - W``.
-    The first candidate (no clipping) wins ties.
+    The first candidate (no clipping) wins ties. Raises ValueError/TypeError naming ``W``, ``H``,
+    ``group_size`` or ``shrinks``.
     """
+    check_float_array(W, "W", ndim=2)
+    check_float_array(H, "H", ndim=2)
+    if tuple(H.shape) != (W.shape[1], W.shape[1]):
+        raise ValueError(f"H must be [{W.shape[1]}, {W.shape[1]}] (W's input width squared), got {tuple(H.shape)}")
+    shrinks = _check_shrinks(shrinks)
     out, n_in = W.shape
     g = resolve_group_size(group_size, n_in)
     G = n_in // g

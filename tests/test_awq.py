@@ -196,6 +196,20 @@ def test_bad_inputs(kw, match):
         awq_quantize(args.pop("W"), args.pop("X"), **args)
 
 
+def test_search_functions_bad_inputs(rng):
+    W = rng.standard_normal((4, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="H must be"):
+        search_clip(W, np.eye(8, dtype=np.float32), bits=4, group_size=8)
+    with pytest.raises(ValueError, match="H contains NaN"):
+        search_clip(W, np.full((16, 16), np.nan, np.float32), bits=4, group_size=8)
+    with pytest.raises(ValueError, match="shrinks"):
+        search_clip(W, np.eye(16, dtype=np.float32), bits=4, group_size=8, shrinks=(1.5,))
+    with pytest.raises(ValueError, match="x_bar must have"):
+        search_scale(np.ones(8, np.float32), W, lambda W_hat: 0.0, bits=4, group_size=8)
+    with pytest.raises(ValueError, match="group_size"):
+        search_clip(W, np.eye(16, dtype=np.float32), bits=4, group_size=5)
+
+
 def test_awq_scales_bad_alpha():
     with pytest.raises(ValueError, match="alpha"):
         awq_scales(np.ones(4, np.float32), 1.5)
