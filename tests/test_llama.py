@@ -556,28 +556,65 @@ def test_forward_without_jit_matches(model, monkeypatch):
     assert_close(model.logits(ids), with_jit, atol=1e-4, name="JIT off vs on")
 
 
-def test_parallel_attention_equals_serial(model, monkeypatch):
-    """The attention tiles on threads (BLAS at 1 thread) give the logits of the serial loop."""
+def test_parallel_forward_equals_serial(model, monkeypatch):
+    """The token pieces and attention tiles on threads (BLAS at 1 thread) give the logits of the serial loop."""
     import minq.models.llama as L
 
     ids = _prompt_ids(model, 64).reshape(2, 32)
-    calls = []
+    tiles, pieces = [], []
     run = L._parallel_for
 
     def spy(fn, items, work):
-        if isinstance(items[0], tuple):                              # attention tiles (b, j, t0, t1)
-            calls.append((items, work))
+        if not isinstance(items[0], tuple):                          # row blocks of a kernel or GEMM
+            pass
+        elif isinstance(items[0][0], slice):                         # token pieces (b, r)
+            pieces.append([(b.indices(2), r.indices(32)) for b, r in items])
+        else:                                                        # attention tiles (b, j, t0, t1)
+            tiles.append((items, work))
         return run(fn, items, work)
 
     monkeypatch.setattr(L, "_parallel_for", spy)
     monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)                  # threads for every block
     monkeypatch.setattr(L, "_threads", lambda: 2)
     threaded = model.logits(ids)
-    assert len(calls) == 30 and calls[0] == ([(b, j, 0, 32) for b in range(2) for j in range(3)],
+    assert len(tiles) == 30 and tiles[0] == ([(b, j, 0, 32) for b in range(2) for j in range(3)],
                                              2 * 9 * 32 * 32 * 64)   # B * n_kv tiles of 32 queries
+    # two stages a block, each on one piece a window: (window b, positions 0..31)
+    assert len(pieces) == 60 and all(p == [((0, 1, 1), (0, 32, 1)), ((1, 2, 1), (0, 32, 1))] for p in pieces)
+    pieces.clear()
+    one = model.logits(ids[:1])                                       # one window: cut in two runs of positions
+    assert all(p == [((0, 1, 1), (0, 16, 1)), ((0, 1, 1), (16, 32, 1))] for p in pieces)
     monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)              # never
     assert_close(model.logits(ids), threaded, atol=1e-5, name="serial vs threaded")
+    assert_close(model.logits(ids[:1]), one, atol=1e-5, name="serial vs threaded, one window")
     assert_close(model.logits(ids[:, :16]), threaded[:, :16], atol=1e-4, name="shorter windows")  # other GEMM shapes
+
+
+def test_hooks_see_whole_inputs_when_threaded(model, monkeypatch):
+    """With threads, a hooked block still runs its token stages as one piece: each hook is called once
+    per forward with all tokens, and the logits are those of the unhooked forward."""
+    import minq.models.llama as L
+
+    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(L, "_threads", lambda: 2)
+    ids = _prompt_ids(model, 64).reshape(2, 32)
+    seen = []
+    hooks = {n: (lambda name, X: seen.append((name, X.shape))) for n in ("blk.0.attn_q", "blk.5.ffn_down")}
+    assert_close(model.logits(ids, hooks=hooks), model.logits(ids), atol=1e-5, name="hooked vs not")
+    assert seen == [("blk.0.attn_q", (64, 576)), ("blk.5.ffn_down", (64, 1536))]
+
+
+def test_matmul_t_pieces_equal_one_gemm(monkeypatch, rng):
+    """``_matmul_t`` cut by W's rows (wide W) or by X's rows (narrow W) equals ``X @ W.T`` bit for bit."""
+    import minq.models.llama as L
+
+    monkeypatch.setattr(L, "_threads", lambda: 2)
+    for M, N, K in [(512, 3072, 64), (512, 960, 64), (100, 2050, 33), (33, 7, 5), (1, 4096, 16)]:
+        X = rng.standard_normal((M, K)).astype(np.float32)
+        W = rng.standard_normal((N, K)).astype(np.float32)
+        assert np.array_equal(L._matmul_t(X, W), X @ W.T), (M, N, K)
+        Xr = X[:, ::-1]                                                              # a strided X: copied
+        assert np.array_equal(L._matmul_t(Xr, W), np.ascontiguousarray(Xr) @ W.T)
 
 
 def test_parallel_for(monkeypatch):

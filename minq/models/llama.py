@@ -41,14 +41,17 @@ so a method can quantize block ``i`` from the outputs of the already quantized b
 
 Speed (``benchmarks/bench_forward.py``, against transformers on torch CPU): the linears that read the
 same input run as one GEMM on their row-stacked weights (``[Wq; Wk; Wv]``, ``[Wgate; Wup]``; see
-``GROUPS``); attention runs per KV head as 2-D GEMMs ``[t·g, hd] x [hd, S]`` for tiles of ``t`` query
-positions, skipping the keys a tile cannot see, the tiles spread over as many Python threads as numpy's
-BLAS has (BLAS pinned to one thread meanwhile: ``_parallel_for``). The elementwise work runs as Numba
-kernels on all those cores, each beside its NumPy reference and tested against it: RoPE
+``GROUPS``). A block is three stages: RMSNorm + q/k/v + RoPE and Wo + MLP work token by token, so
+each runs on pieces of the tokens, one piece a thread (``_token_pieces``); attention runs per KV head
+as 2-D GEMMs ``[t·g, hd] x [hd, S]`` for tiles of ``t`` query positions, skipping the keys a tile cannot
+see. The pieces and tiles run on as many Python threads as numpy's BLAS has, each with single-threaded
+BLAS (``_parallel_for``; the output head's GEMM is cut the same way, ``_matmul_t``). The elementwise
+work runs as Numba kernels, each beside its NumPy reference and tested against it: RoPE
 (``_rope_kernel``, bit for bit; it writes q and k straight into the layout attention reads), RMSNorm
 (``_rms_norm_kernel``, bit for bit), SwiGLU (``_swiglu_kernel``) and the masked softmax
 (``_causal_softmax_kernel``), the last two with a vectorised float32 exp (``_exp_``, within 4e-7 of
-``np.exp``). With ``NUMBA_DISABLE_JIT=1`` the forward runs the NumPy references.
+``np.exp``). With ``NUMBA_DISABLE_JIT=1`` the forward runs the NumPy references. A hook on a block's
+linear makes that block run its token stages as one piece, so the hook sees the linear's whole input.
 """
 
 from __future__ import annotations
@@ -190,12 +193,15 @@ class KVCache:
 # --- threads -----------------------------------------------------------------------------------------
 #
 # The forward uses as many threads as numpy's BLAS has (``OPENBLAS_NUM_THREADS``; threadpoolctl reads
-# it): the big GEMMs through BLAS itself, everything else through ``_parallel_for``, which runs pieces
-# (row blocks, attention tiles) of single-threaded ``nogil`` Numba kernels and small GEMMs on a pool of
-# Python threads, BLAS pinned to one thread meanwhile. Why not Numba's ``parallel=True``: its OpenMP
-# threads spin after every kernel, on the cores the next GEMM needs (measured: +50% CPU time for an
-# RMSNorm + GEMM pair on 2 cores); the pool's threads sleep. And a multi-threaded BLAS splits the
-# attention tiles' small GEMMs ([t g, hd] x [hd, S]) badly: whole tiles per thread run faster.
+# it), all through ``_parallel_for``: it runs pieces of the work (row blocks, attention tiles, slices of
+# a GEMM) as single-threaded ``nogil`` Numba kernels and single-threaded BLAS calls on a pool of Python
+# threads, BLAS pinned to one thread meanwhile. Why not let BLAS thread its own GEMMs: OpenBLAS's worker
+# threads spin for a while after every multi-threaded call (about 0.1 s), on the very cores the next
+# attention or elementwise piece needs; measured on 2 cores, the attention then ran no faster on two
+# threads than on one (170 ms vs 155 ms per 512-token forward; 100 ms once the GEMMs went through the
+# pool too). Why not Numba's ``parallel=True``: its OpenMP threads spin in the same way (+50% CPU time
+# for an RMSNorm + GEMM pair). The pool's threads sleep between pieces. A small GEMM (one token of
+# generation) is not worth a thread hand-off (~0.1 ms here) and runs as one BLAS call.
 
 _POOL = None            # ThreadPoolExecutor, made on first use
 _BLAS = None            # threadpoolctl controller of the loaded BLAS libraries, made on first use
@@ -219,13 +225,23 @@ def _threads() -> int:
     return max([lib.num_threads for lib in _blas().lib_controllers], default=1)
 
 
+_LOCAL = threading.local()      # .inside: this thread is running an item of a parallel region
+
+
+def _free_threads() -> int:
+    """Threads a new parallel region may use here: 1 inside an item of a region (nested regions run
+    serially, BLAS included), else ``_threads()``."""
+    return 1 if getattr(_LOCAL, "inside", False) else _threads()
+
+
 def _parallel_for(fn, items, work: int):
     """``fn(item)`` for every item, on ``_threads()`` threads when ``work >= PARALLEL_MIN_WORK``.
 
     The items go to the threads one at a time, in order (list the costly ones first); BLAS runs on one
-    thread meanwhile. ``fn`` must write disjoint outputs; results do not depend on the thread count.
+    thread meanwhile, and a ``_parallel_for`` inside ``fn`` runs serially. ``fn`` must write disjoint
+    outputs; results do not depend on the thread count.
     """
-    n = min(_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
+    n = min(_free_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
     if n <= 1:
         for item in items:
             fn(item)
@@ -237,12 +253,16 @@ def _parallel_for(fn, items, work: int):
         todo, take = iter(items), threading.Lock()
 
         def worker():
-            while True:
-                with take:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                fn(item)
+            _LOCAL.inside = True
+            try:
+                while True:
+                    with take:
+                        item = next(todo, None)
+                    if item is None:
+                        return
+                    fn(item)
+            finally:
+                _LOCAL.inside = False
 
         helpers = [_POOL.submit(worker) for _ in range(n - 1)]
         try:
@@ -250,6 +270,35 @@ def _parallel_for(fn, items, work: int):
         finally:
             for f in helpers:
                 f.result()
+
+
+# Fewer rows than this (a token of generation, a short chunk): one plain BLAS call, not pieces.
+GEMM_MIN_ROWS = 32
+
+
+def _matmul_t(X, W):
+    """``Y [M, N] = X [M, K] @ W [N, K]^T`` in float32, in pieces on ``_parallel_for``.
+
+    A wide ``W`` (``N >= 2048``: the fused gate/up, the output head) is cut along its rows, so each
+    thread reads its share of the weights once; a narrow one (q/k/v, o, down) along the rows of ``X``.
+    Each piece is one single-threaded BLAS GEMM into its block of ``Y``. ``M < GEMM_MIN_ROWS``: one
+    BLAS call. The pieces do not change the sums: the result equals ``X @ W.T``.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    M, N = X.shape[0], W.shape[0]
+    n = _free_threads()
+    if M < GEMM_MIN_ROWS or n == 1:
+        return X @ W.T
+    Y = np.empty((M, N), np.float32)                                           # [M, N]
+    if N >= 2048:                                                              # slices of W's rows
+        step = -(-N // (n * 64)) * 64
+        cols = [slice(a, min(a + step, N)) for a in range(0, N, step)]
+        _parallel_for(lambda c: np.matmul(X, W[c].T, out=Y[:, c]), cols, work=M * N * X.shape[1])
+    else:                                                                      # slices of X's rows
+        step = -(-M // n)
+        rows = [slice(a, min(a + step, M)) for a in range(0, M, step)]
+        _parallel_for(lambda r: np.matmul(X[r], W.T, out=Y[r]), rows, work=M * N * X.shape[1])
+    return Y
 
 
 def _row_blocks(N: int):
@@ -725,10 +774,10 @@ class LlamaModel:
                             raise ValueError(f"hook for {name!r} returned shape {Xs[j].shape}, "
                                              f"expected the input's {X.shape}")
         if all(Xj is X for Xj in Xs):
-            Y = X @ W.T                                                             # one GEMM per group
+            Y = _matmul_t(X, W)                                                     # one GEMM per group
         else:
             rows = np.cumsum([0] + [self._expected_shape(n)[0] for n in names])
-            Y = np.concatenate([Xj @ W[a:b].T for Xj, a, b in zip(Xs, rows, rows[1:])], axis=1)
+            Y = np.concatenate([_matmul_t(Xj, W[a:b]) for Xj, a, b in zip(Xs, rows, rows[1:])], axis=1)
         return Y.reshape(*x.shape[:-1], W.shape[0])
 
     def embed(self, ids):
@@ -740,23 +789,35 @@ class LlamaModel:
         """Decoder block ``i``: ``x [B, T, d] -> [B, T, d]`` at the positions of ``cos, sin [T, hd/2]``.
 
         Without ``cache`` those positions are ``0 .. T-1``; with it, ``cache.length ...`` and the
-        block's keys and values are appended to it. ``hooks``: see ``_linear``.
+        block's keys and values are appended to it. ``hooks``: see ``_linear``. ``x`` is not modified.
+
+        Three stages: (1) RMSNorm, q/k/v and RoPE, (2) attention, (3) Wo, the residual, RMSNorm, the
+        MLP and the residual. Stages 1 and 3 work token by token, so they run on pieces of the tokens
+        (``_token_pieces``), one thread a piece; attention runs on tiles of queries.
         """
         c = self.config
         B, T, d = x.shape
         hd, nh, nkv = c.head_dim, c.n_heads, c.n_kv_heads
         g, kv = nh // nkv, nkv * hd                        # queries per KV head, width of k and v
         p = f"blk.{i}."
-
-        h = _rms_norm(x, self.norms[p + "attn_norm"], c.norm_eps)                   # [B, T, d]
-        qkv = self._linear((p + "attn_q", p + "attn_k", p + "attn_v"), h, hooks)     # [B, T, d + 2 kv]
         # RoPE writes q and k in the layout attention reads: the g queries of KV head j token-major.
         q = np.empty((B, nkv, T, g, hd), np.float32)
-        _rope_to(qkv[..., :d].reshape(B, T, nkv, g, hd), cos, sin, q.transpose(0, 2, 1, 3, 4),
-                 scale=1.0 / np.sqrt(hd))                                           # q / sqrt(hd)
         k = np.empty((B, nkv, T, hd), np.float32)
-        _rope_to(qkv[..., d:d + kv].reshape(B, T, nkv, 1, hd), cos, sin, k.transpose(0, 2, 1, 3)[:, :, :, None])
-        v = qkv[..., d + kv:].reshape(B, T, nkv, hd).transpose(0, 2, 1, 3)          # [B, nkv, T, hd]
+        v = np.empty((B, nkv, T, hd), np.float32)
+        q_t, k_t, v_t = q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, T, ...]
+        pieces = self._token_pieces(i, B, T, hooks)
+
+        def attention_inputs(piece):                       # tokens x[b, r] -> their q, k, v
+            b, r = piece
+            h = _rms_norm(x[b, r], self.norms[p + "attn_norm"], c.norm_eps)                    # [B', t, d]
+            qkv = self._linear((p + "attn_q", p + "attn_k", p + "attn_v"), h, hooks)           # [B', t, d + 2 kv]
+            Bp, t = qkv.shape[:2]
+            _rope_to(qkv[..., :d].reshape(Bp, t, nkv, g, hd), cos[r], sin[r], q_t[b, r],
+                     scale=1.0 / np.sqrt(hd))                                                  # q / sqrt(hd)
+            _rope_to(qkv[..., d:d + kv].reshape(Bp, t, nkv, 1, hd), cos[r], sin[r], k_t[b, r][:, :, :, None])
+            v_t[b, r] = qkv[..., d + kv:].reshape(Bp, t, nkv, hd)
+
+        _parallel_for(attention_inputs, pieces, work=B * T * d * (d + 2 * kv))
         if cache is not None:
             k, v = cache.update(i, k, v)                                             # [B, nkv, S, hd]
         start = k.shape[2] - T                                                       # positions cached before
@@ -770,13 +831,31 @@ class LlamaModel:
         tiles = [(b, j, t0, min(t0 + QUERY_TILE, T)) for t0 in reversed(range(0, T, QUERY_TILE))
                  for b in range(B) for j in range(nkv)]       # the longest (latest) tiles first
         _parallel_for(attend, tiles, work=B * nh * T * (start + T) * hd)
-        x = x + self._linear((p + "attn_output",), a.reshape(B, T, d), hooks)
+        a = a.reshape(B, T, d)
+        y = np.empty_like(x)
 
-        h = _rms_norm(x, self.norms[p + "ffn_norm"], c.norm_eps)
-        gu = self._linear((p + "ffn_gate", p + "ffn_up"), h, hooks)                 # [B, T, 2 hidden]
-        m = _silu_mul(gu, c.hidden_dim)                                              # [B, T, hidden]
-        x += self._linear((p + "ffn_down",), m, hooks)                               # x is ours: in place
-        return x                                                                     # [B, T, d]
+        def mlp(piece):                                       # tokens a[b, r], x[b, r] -> y[b, r]
+            b, r = piece
+            h = x[b, r] + self._linear((p + "attn_output",), a[b, r], hooks)                   # [B', t, d]
+            y[b, r] = h
+            h = _rms_norm(h, self.norms[p + "ffn_norm"], c.norm_eps)
+            gu = self._linear((p + "ffn_gate", p + "ffn_up"), h, hooks)                      # [B', t, 2 hidden]
+            m = _silu_mul(gu, c.hidden_dim)                                                  # [B', t, hidden]
+            y[b, r] += self._linear((p + "ffn_down",), m, hooks)
+
+        _parallel_for(mlp, pieces, work=B * T * (d * d + 3 * d * c.hidden_dim))
+        return y                                                                     # [B, T, d]
+
+    def _token_pieces(self, i: int, B: int, T: int, hooks) -> list:
+        """The pieces ``(b, r)`` (slices of windows and of positions) that the token-wise stages of block
+        ``i`` run on: every window cut into enough runs of positions for each thread to get one. When a
+        hook watches a linear of block ``i``, one piece of all tokens: a hook sees a linear's whole input.
+        """
+        n = _free_threads()
+        if n == 1 or (hooks and any(name in hooks for name in self.block_linear_names(i))):
+            return [(slice(None), slice(None))]
+        step = -(-T // -(-n // B))                            # ceil(T / ceil(n / B)) positions a piece
+        return [(slice(b, b + 1), slice(t, min(t + step, T))) for b in range(B) for t in range(0, T, step)]
 
     def run_block(self, i: int, x, *, hooks=None):
         """Block ``i`` on a full window: ``x [T, d] or [B, T, d] -> same shape``, positions ``0 .. T-1``.
@@ -799,8 +878,8 @@ class LlamaModel:
     def head(self, x):
         """``x [..., d] -> logits [..., vocab]``: the final RMSNorm and the output projection."""
         x = _rms_norm(x, self.norms["output_norm"], self.config.norm_eps)
-        E = self.embedding if self.output is None else self.output
-        return x @ E.T
+        E = self.embedding if self.output is None else self.output                  # [vocab, d]
+        return _matmul_t(x.reshape(-1, x.shape[-1]), E).reshape(*x.shape[:-1], E.shape[0])
 
     def logits(self, ids, cache: KVCache | None = None, *, last_only: bool = False, hooks=None):
         """Next-token logits, float32 ``[T, vocab]`` for ``ids [T]`` or ``[B, T, vocab]`` for ``ids [B, T]``.
