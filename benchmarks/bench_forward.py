@@ -4,16 +4,19 @@
 
 Both load the same GGUF (SmolLM2-135M-Instruct, fetched by ``minq.assets``) as float32 and run the same
 ``--tokens`` token ids on the same number of threads: the BLAS thread count numpy uses
-(``OPENBLAS_NUM_THREADS`` sets it), which minq's attention threads follow; torch's intra-op threads and
-Numba's kernel threads are set to it. After a warm-up, the two forwards run interleaved ``--repeat``
-times (so a load spike from another process hits both); the script prints min and median times and
-the ratio
+(``OPENBLAS_NUM_THREADS`` sets it), which minq's forward threads follow (each running single-threaded
+BLAS and Numba kernels); torch's intra-op threads are set to it. After a warm-up, the two forwards run
+interleaved ``--repeat`` times (so a load spike from another process hits both), for all-position
+logits (the perplexity workload) and for last-position logits only (generation:
+``logits(ids, last_only=True)`` vs transformers' ``logits_to_keep=1``). The script prints min and
+median times and the ratio
 
     ratio = transformers_time / minq_time          >= 1.0 means minq is faster     (goal: >= 1.0)
 
-for all-position logits (the perplexity workload) and for last-position logits only (generation:
-``logits(ids, last_only=True)`` vs transformers' ``logits_to_keep=1``), the max abs difference of the
-logits, and the peak RSS of a separate minq-only process doing load + one forward (goal: <= 1.5 GB).
+three ways: of the minimum times, of the median times, and the median over the interleaved pairs of
+each pair's ratio (the two runs of a pair see about the same machine: the steadiest of the three when
+the machine's speed drifts, as a shared VM's does by 10-15% over minutes); then the max abs difference
+of the logits, and the peak RSS of a separate minq-only process doing load + one forward (goal: <= 1.5 GB).
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def main(argv=None):
         print(f"{case:14s} minq min {min(tm) * 1e3:7.1f} ms  median {statistics.median(tm) * 1e3:7.1f} ms | "
               f"transformers min {min(th) * 1e3:7.1f} ms  median {statistics.median(th) * 1e3:7.1f} ms | "
               f"ratio (min) {min(th) / min(tm):5.2f}  (median) {statistics.median(th) / statistics.median(tm):5.2f}"
+              f"  (median of pairs) {statistics.median(h / m for h, m in zip(th, tm)):5.2f}"
               f" | max |logits diff| {diff:.2e}")
 
     print(f"\nload average at the end {os.getloadavg()[0]:.2f} (other processes share the cores: a load above "

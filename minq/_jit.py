@@ -32,13 +32,18 @@ except ImportError:  # pragma: no cover
 JIT_ENABLED = HAVE_NUMBA and os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("1", "true", "True")
 
 
-def njit(fn=None, *, parallel: bool = False):
-    """Compile ``fn`` with Numba (nopython, cached) or return it unchanged when JIT is off."""
+def njit(fn=None, *, parallel: bool = False, float_division: bool = False):
+    """Compile ``fn`` with Numba (nopython, cached) or return it unchanged when JIT is off.
+
+    ``float_division=True``: division follows NumPy (x / 0 is inf or nan) instead of raising
+    ZeroDivisionError; without the check per division, a loop that divides can be vectorised.
+    """
 
     def wrap(f):
         if not JIT_ENABLED:
             return f
-        return _numba.njit(cache=True, nogil=True, parallel=parallel)(f)
+        return _numba.njit(cache=True, nogil=True, parallel=parallel,
+                           error_model="numpy" if float_division else "python")(f)
 
     return wrap(fn) if fn is not None else wrap
 

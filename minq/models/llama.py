@@ -302,7 +302,10 @@ def _matmul_t(X, W):
 
 
 def _row_blocks(N: int):
-    """``range(N)`` as slices of ``ROW_BLOCK`` rows: the pieces of a row-wise kernel."""
+    """``range(N)`` as slices of ``ROW_BLOCK`` rows: the pieces of a row-wise kernel (one slice of all
+    rows where there is only this thread: inside an item of a parallel region)."""
+    if _free_threads() == 1:
+        return [slice(0, N)]
     return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
 
 
@@ -516,7 +519,7 @@ def _silu_mul(gu, hidden: int):
     return m
 
 
-@njit
+@njit(float_division=True)                                         # NumPy's division: the loop vectorises
 def _swiglu_kernel(gu, m):
     """``m [N, H] = _swiglu(gu[:, :H], gu[:, H:])`` for ``gu [N, 2H]``: the same float32 operations in
     the same order, with ``_exp_`` for ``np.exp``."""
