@@ -44,7 +44,7 @@ schemes): ``minq.gptq_model``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from math import gcd
 
 import numpy as np
@@ -110,7 +110,8 @@ class GPTQWeight(GroupedAffine):
     losses: float64 [in], GPTQ's loss ``sum_rows (w_j - q_j)^2 / (2 U_jj^2)`` of each input column
         (original order); ``losses.sum() = tr(dW (H + lambda I) dW^T) / 2``. Not part of the storage.
     gptq_group_size: the group size GPTQ used. A ragged one (not dividing ``in``) is stored at the
-        granularity ``gcd(g, in)``, each group's parameters repeated (``group_size`` is that width).
+        granularity ``gcd(g, in)``, each group's parameters repeated (``group_size`` is that width,
+        ``ragged_group_size`` is ``g``: ``nbytes`` counts each group's parameters once).
     """
 
     perm: object = None
@@ -312,6 +313,8 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_orde
         S, Z = S[:1, :1], Z[:1, :1]
     base = GroupedAffine.from_codes(Q, S, None if sym else Z, bits=bits,
                                     group_size=group_size if per_tensor or gs == g else gs)
+    if not per_tensor and gs != g:
+        base = replace(base, ragged_group_size=g)                         # nbytes: each group's params once
     return GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)},
                       perm=_as_index(perm, Q) if keep_perm else None, losses=losses_orig,
                       gptq_group_size=group_size)

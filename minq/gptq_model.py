@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 
@@ -176,6 +176,7 @@ def split_rows(q: GPTQWeight, sizes) -> list:
         rows = slice(a, b) if len(s) > 1 else slice(None)                  # per tensor: s, z [1, 1]
         base = GroupedAffine.from_codes(codes[a:b], s[rows], None if z is None else z[rows], bits=q.bits,
                                         group_size=q.group_size, zero_point=q.zero_point)
+        base = replace(base, ragged_group_size=q.ragged_group_size)
         out.append(GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)}, perm=q.perm,
                               losses=None, gptq_group_size=q.gptq_group_size))
     return out

@@ -254,6 +254,10 @@ def test_container_layouts(layer):
     r = gptq_quantize(W, H, bits=4, group_size=128)                          # ragged 4 x 128 + 64: stored at 64
     assert r.group_size == 64 and r.gptq_group_size == 128 and r.s.shape == (1536, 9)
     assert_equal(r.s[:, 0:8:2], r.s[:, 1:8:2], name="params repeated within a 128-group")
+    assert r.ragged_group_size == 128                                        # storage: 5 groups a row, not 9
+    assert r.bits_per_weight == pytest.approx(4 + 5 * (32 + 4) / 576)
+    rtn = quantize_groups(W, bits=4, group_size=128, scale_dtype="float32", ragged=True)
+    assert r.nbytes == rtn.nbytes                                            # the ragged RTN layout's bytes
     t = gptq_quantize(W, H, bits=4, group_size=None)                         # per tensor
     assert t.s.shape == (1, 1)
     h = gptq_quantize(W, H, bits=4, scale_dtype="float16")
@@ -517,3 +521,19 @@ def test_scheme_kwargs():
 
     with pytest.raises(ValueError, match="bits must be in 2..8"):
         registry.get("gptq-w9")
+
+
+def test_split_rows_keeps_values_and_layout(layer):
+    """``split_rows`` of a row-stacked GPTQ weight: each part dequantizes to its rows of the whole and
+    keeps the ragged layout, so the parts' bytes add up to the whole's."""
+    from minq.gptq_model import split_rows
+
+    W, X, H = layer
+    for kw in ({"group_size": 128}, {"group_size": 64, "act_order": True}):
+        q = gptq_quantize(W, H, bits=4, **kw)
+        parts = split_rows(q, [1000, 536])
+        assert [p.shape for p in parts] == [(1000, 576), (536, 576)]
+        assert_equal(np.concatenate([p.dequantize() for p in parts]), q.dequantize())
+        assert all(p.ragged_group_size == q.ragged_group_size and p.perm is q.perm for p in parts)
+        perm_bytes = 0 if q.perm is None else 2 * 576                  # each part stores the permutation
+        assert sum(p.nbytes - perm_bytes for p in parts) == q.nbytes - perm_bytes
