@@ -241,7 +241,7 @@ def _parallel_for(fn, items, work: int):
     thread meanwhile, and a ``_parallel_for`` inside ``fn`` runs serially. ``fn`` must write disjoint
     outputs; results do not depend on the thread count.
     """
-    n = min(_free_threads(), len(items)) if work >= PARALLEL_MIN_WORK else 1
+    n = min(_free_threads(), len(items)) if work >= PARALLEL_MIN_WORK and len(items) > 1 else 1
     if n <= 1:
         for item in items:
             fn(item)
@@ -286,8 +286,8 @@ def _matmul_t(X, W):
     """
     X = np.ascontiguousarray(X, dtype=np.float32)
     M, N = X.shape[0], W.shape[0]
-    n = _free_threads()
-    if M < GEMM_MIN_ROWS or n == 1:
+    n = 1 if M < GEMM_MIN_ROWS else _free_threads()
+    if n == 1:
         return X @ W.T
     Y = np.empty((M, N), np.float32)                                           # [M, N]
     if N >= 2048:                                                              # slices of W's rows
@@ -304,7 +304,7 @@ def _matmul_t(X, W):
 def _row_blocks(N: int):
     """``range(N)`` as slices of ``ROW_BLOCK`` rows: the pieces of a row-wise kernel (one slice of all
     rows where there is only this thread: inside an item of a parallel region)."""
-    if _free_threads() == 1:
+    if getattr(_LOCAL, "inside", False):
         return [slice(0, N)]
     return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
 
