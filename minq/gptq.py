@@ -305,15 +305,15 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_orde
     keep_perm = act_order and dynamic
     losses_orig = np.empty(n, np.float64)
     losses_orig[perm] = losses
-    gs = n if per_tensor else gcd(g, n)
-    if not per_tensor and gs != g:                                         # ragged: repeat each group's params
+    ragged = not per_tensor and n % g != 0                                 # stored at width gs = gcd(g, n)
+    if ragged:                                                             # repeat each group's params
+        gs = gcd(g, n)
         reps = np.diff(np.minimum(np.arange(0, n + g, g), n)) // gs
         S, Z = _repeat_cols(S, reps), _repeat_cols(Z, reps)
     if per_tensor:
         S, Z = S[:1, :1], Z[:1, :1]
-    base = GroupedAffine.from_codes(Q, S, None if sym else Z, bits=bits,
-                                    group_size=group_size if per_tensor or gs == g else gs)
-    if not per_tensor and gs != g:
+    base = GroupedAffine.from_codes(Q, S, None if sym else Z, bits=bits, group_size=gs if ragged else group_size)
+    if ragged:
         base = replace(base, ragged_group_size=g)                         # nbytes: each group's params once
     return GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)},
                       perm=_as_index(perm, Q) if keep_perm else None, losses=losses_orig,

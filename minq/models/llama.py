@@ -228,10 +228,15 @@ def _threads() -> int:
 _LOCAL = threading.local()      # .inside: this thread is running an item of a parallel region
 
 
+def _inside() -> bool:
+    """Whether this thread is running an item of a parallel region."""
+    return getattr(_LOCAL, "inside", False)
+
+
 def _free_threads() -> int:
     """Threads a new parallel region may use here: 1 inside an item of a region (nested regions run
     serially, BLAS included), else ``_threads()``."""
-    return 1 if getattr(_LOCAL, "inside", False) else _threads()
+    return 1 if _inside() else _threads()
 
 
 def _parallel_for(fn, items, work: int):
@@ -304,7 +309,7 @@ def _matmul_t(X, W):
 def _row_blocks(N: int):
     """``range(N)`` as slices of ``ROW_BLOCK`` rows: the pieces of a row-wise kernel (one slice of all
     rows where there is only this thread: inside an item of a parallel region)."""
-    if getattr(_LOCAL, "inside", False):
+    if _inside():
         return [slice(0, N)]
     return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
 
