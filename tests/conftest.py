@@ -18,6 +18,23 @@ settings.register_profile("ci", max_examples=100, deadline=None, derandomize=Tru
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+# The versions the suite's oracles and tools ran as, in pytest's header (the dev extra pins them).
+_REPORTED = ("numpy", "numba", "torch", "ml_dtypes", "gguf", "transformers", "tokenizers", "hypothesis",
+             "nbmake")
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "minq oracles and tools: " + ", ".join(f"{n} {v(n)}" for n in _REPORTED)
+
+
 def _devices():
     try:
         import torch

@@ -5,7 +5,9 @@ small formats and bfloat16, numpy's float16 for float16, the identity for float3
 are compared by NaN-ness, never by payload bits. The encode input set is the boundary-dense set of
 the reference note (§3.4): every representable value ±, every midpoint, one float32 ulp either
 side of both, the overflow tie and probes, all 65,536 bfloat16 patterns, specials, random bits and
-random values.
+random values, and the float32 subnormals (exponent field 0) densely.
+Exact against ml_dtypes 0.7 (the dev extra pins the range; ml_dtypes 0.5/0.6 rounded float32
+subnormals into E8M0 differently, see minq/formats.py).
 """
 
 import ml_dtypes
@@ -71,11 +73,26 @@ def boundary_set(name, seed=0):
     parts.append(rng.uniform(-top, top, 200_000).astype(np.float32))
     lo, hi = np.log2(fmt.smallest_subnormal) - 2, min(np.log2(fmt.max) + 2, 127.9)
     parts.append((rng.choice([-1, 1], 200_000) * 2 ** rng.uniform(lo, hi, 200_000)).astype(np.float32))
+    parts.append(f32_subnormal_set(rng))                                                  # h.
     x = np.concatenate(parts)
     x = np.unique(x.view(np.uint32)).view(np.float32)
     if fmt.convention == "none":                                       # no NaN code: encode raises
         x = x[~np.isnan(x)]
     return x
+
+
+def f32_subnormal_set(rng, n_random=200_000):
+    """h. Float32 subnormals and their edge (exponent field 0, bit patterns 0x1 .. 0x7FFFFF), both signs:
+    every power of two 2^-149 .. 2^-126 (the last is the smallest normal), one float32 ulp either side
+    of each, the midpoints between neighbouring powers (1.5 * 2^k, exact from k = -148 on) with their
+    ulp neighbours, and a dense random sample of exponent-field-0 patterns. ml_dtypes 0.7 changed how
+    exactly this range rounds into E8M0; before this set no format's test looked at it closely."""
+    p = 2.0 ** np.arange(-149, -125)                                   # 24 powers of two
+    core = np.concatenate([p, 1.5 * p[:-1]]).astype(np.float32)        # the powers and their midpoints
+    core = np.concatenate([core, np.nextafter(core, np.float32(0)), np.nextafter(core, np.float32(1))])
+    rand = rng.integers(1, 0x800000, n_random, dtype=np.uint32).view(np.float32)
+    x = np.concatenate([core, rand])
+    return np.concatenate([x, -x])
 
 
 _SETS = {}
@@ -130,7 +147,7 @@ def test_format_constants_match_finfo(name):
     assert fmt.max == float(fi.max)
     assert fmt.smallest_normal == float(fi.smallest_normal)
     assert fmt.smallest_subnormal == float(fi.smallest_subnormal)
-    assert fmt.total_bits == np_dtype(name).itemsize * 8 or fmt.total_bits in (4, 6)
+    assert fmt.total_bits == fi.bits                               # 4 and 6 for FP4/FP6, not the 8-bit storage
     assert fmt.max_code == 2**fmt.total_bits - 1
     assert FORMATS[name].decode(np.array([fmt.max_mag], fmt.code_dtype))[0] == fmt.max
 
@@ -184,6 +201,9 @@ def test_encode_known_values():
     assert list(e8.encode(f32(1, 1.5, 3, 0.75, 1.4999999, 0, -1, np.inf))) == \
         [127, 128, 129, 127, 127, 255, 255, 255]
     assert list(e8.encode(f32(np.inf, 3.4e38, -np.inf), saturate=True)) == [254, 254, 255]
+    # float32 subnormals: nearest of 2^-127 (code 0) and 2^-126 (code 1), the tie 1.5 * 2^-127 up
+    assert list(e8.encode(bits_f32(0x1, 0x400000, 0x400001, 0x5FFFFF, 0x600000, 0x7FFFFF))) == \
+        [0, 0, 0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float6_e2m3fn"])
@@ -205,6 +225,26 @@ def test_suite_catches_a_ties_away_encoder(name, monkeypatch):
     assert n_bad > 0
     with pytest.raises(AssertionError, match="differ"):
         count_code_mismatches(name, wrong, want)
+
+
+def test_suite_catches_the_old_e8m0_subnormal_rule(monkeypatch):
+    """Mutation check: ml_dtypes < 0.7 rounded every float32 subnormal above 2^-127 up to 2^-126
+    (code 1). The boundary set's subnormal part (h.) must catch that rule in the reference."""
+
+    def old_rule(sign, a, exp, man, saturate, op):
+        q = op.where(exp != 0, exp + (man >= 0x400000), op.where(man > 0x400000, 1, 0))
+        q = op.where(q >= 255, 254 if saturate else 255, q)
+        return op.where((sign == 1) | (a == 0) | (a > formats._F32_INF), 255, q)
+
+    x = encode_set("float8_e8m0fnu")
+    want = oracle_encode("float8_e8m0fnu", x)
+    monkeypatch.setattr(formats, "_encode_e8m0_reference", old_rule)
+    wrong = encode_reference(x, FORMATS["float8_e8m0fnu"]).astype(want.dtype)
+    n_bad = int((wrong != want).sum())
+    print(f"float8_e8m0fnu: old subnormal rule, {n_bad} mismatches")
+    assert n_bad > 0
+    with pytest.raises(AssertionError, match="differ"):
+        count_code_mismatches("float8_e8m0fnu", wrong, want)
 
 
 def test_suite_catches_a_saturating_e4m3fn():
@@ -323,7 +363,9 @@ def test_encode_decode_code_roundtrip(name):
         c = c.astype(fmt.code_dtype)
         v = fmt.decode(c)
         keep = ~np.isnan(v)
-        assert_equal(fmt.encode(v[keep]) if keep.any() else c[keep], c[keep])
+        assert_equal(keep, ~np.isnan(oracle_decode(name, c)), name="which codes are NaN")
+        if keep.any():
+            assert_equal(fmt.encode(v[keep]), c[keep])
 
     prop()
     if fmt.total_bits <= 16:                                        # and exhaustively
