@@ -70,10 +70,10 @@ def main(argv=None):
     def quant_ref():
         Wg = group(W, g)
         qp_ref = affine.choose_qparams(Wg, bits=bits, axis=-1, scale_dtype="float16")
-        return packing._pack_ref(affine.quantize(Wg, qp_ref).reshape(W.shape), bits)
+        return packing.pack_reference(affine.quantize(Wg, qp_ref).reshape(W.shape), bits)
 
     def dequant_ref():
-        q = packing._unpack_ref(Wq.packed, bits, W.shape[1]).reshape(W.shape[0], -1, g)
+        q = packing.unpack_reference(Wq.packed, bits, W.shape[1]).reshape(W.shape[0], -1, g)
         return affine.dequantize(q, qp)
 
     assert np.array_equal(quant_ref(), Wq.packed) and np.array_equal(dequant_ref().reshape(W.shape), Wq.dequantize())
@@ -90,10 +90,10 @@ def main(argv=None):
         pk = packing.pack(q, b)
         moved = q.nbytes + pk.nbytes
         row(f"pack {b}-bit", moved, best_time(lambda q=q, b=b: packing.pack(q, b), args.repeat),
-            best_time(lambda q=q, b=b: packing._pack_ref(q, b), args.repeat), args.repeat)
+            best_time(lambda q=q, b=b: packing.pack_reference(q, b), args.repeat), args.repeat)
         row(f"unpack {b}-bit", moved,
             best_time(lambda pk=pk, b=b: packing.unpack(pk, b, W.shape[1]), args.repeat),
-            best_time(lambda pk=pk, b=b: packing._unpack_ref(pk, b, W.shape[1]), args.repeat), args.repeat)
+            best_time(lambda pk=pk, b=b: packing.unpack_reference(pk, b, W.shape[1]), args.repeat), args.repeat)
 
     # --- FP8 E4M3 encode / decode ----------------------------------------------------------------
     f8 = FORMATS["float8_e4m3fn"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import _all_finite, check_bits, check_choice, check_float_array, check_uint_array
 
 __all__ = ["QParams", "choose_qparams", "quantize", "dequantize", "fake_quantize", "ROUNDING"]
@@ -78,105 +78,13 @@ class QParams:
         return (1 << self.bits) - 1
 
 
-# --- array backend: the handful of ops the formulas need, for NumPy and for torch -------------------
-
-
-class _NumpyOps:
-    f32 = staticmethod(lambda a: np.asarray(a, dtype=np.float32))
-    amax = staticmethod(lambda a, axis: np.max(a, axis=axis, keepdims=True))
-    amin = staticmethod(lambda a, axis: np.min(a, axis=axis, keepdims=True))
-    rint = staticmethod(np.rint)
-    floor = staticmethod(np.floor)
-    where = staticmethod(np.where)
-    maximum = staticmethod(np.maximum)
-    minimum = staticmethod(np.minimum)
-    clip = staticmethod(np.clip)
-
-    @staticmethod
-    def to_codes(a, bits):
-        return a.astype(np.uint8 if bits <= 8 else np.uint16)
-
-    @staticmethod
-    def uniform(shape, rng, like):
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator for NumPy input, got {type(rng).__name__}")
-        return rng.random(shape, dtype=np.float32)
-
-    @staticmethod
-    def round_scale_up(s, scale_dtype):
-        """Round s up to the storage dtype so the stored scale still covers the range."""
-        if scale_dtype == "float32":
-            return s
-        if np.any(s > np.finfo(np.float16).max):
-            raise ValueError("x is too large for float16 scales (s > 65504); use scale_dtype='float32'")
-        s16 = s.astype(np.float16)
-        s16 = np.where(s16.astype(np.float32) < s, np.nextafter(s16, np.float16(np.inf)), s16)
-        return s16
-
-
-class _TorchOps:
-    def __init__(self):
-        import torch
-
-        self.t = torch
-
-    def f32(self, a):
-        return a.to(self.t.float32)
-
-    def amax(self, a, axis):
-        return self.t.amax(a, dim=_dims(axis, a.ndim), keepdim=True)
-
-    def amin(self, a, axis):
-        return self.t.amin(a, dim=_dims(axis, a.ndim), keepdim=True)
-
-    def rint(self, a):
-        return self.t.round(a)  # ties to even, like np.rint
-
-    def floor(self, a):
-        return self.t.floor(a)
-
-    def where(self, c, a, b):
-        return self.t.where(c, a, b)
-
-    def maximum(self, a, b):
-        return self.t.maximum(a, self.t.as_tensor(b, dtype=a.dtype, device=a.device))
-
-    def minimum(self, a, b):
-        return self.t.minimum(a, self.t.as_tensor(b, dtype=a.dtype, device=a.device))
-
-    def clip(self, a, lo, hi):
-        return self.t.clamp(a, lo, hi)
-
-    def to_codes(self, a, bits):
-        return a.to(self.t.uint8)
-
-    def uniform(self, shape, rng, like):
-        if not isinstance(rng, self.t.Generator):
-            raise TypeError(f"rng must be a torch.Generator for torch input, got {type(rng).__name__}")
-        return self.t.rand(shape, generator=rng, device=rng.device).to(like.device)
-
-    def round_scale_up(self, s, scale_dtype):
-        if scale_dtype == "float32":
-            return s
-        if bool((s > 65504.0).any()):
-            raise ValueError("x is too large for float16 scales (s > 65504); use scale_dtype='float32'")
-        s16 = s.to(self.t.float16)
-        return self.t.where(s16.float() < s, _next_f16(self.t, s16), s16)
-
-
-def _next_f16(torch, s16):
-    """The next larger float16 (s16 >= 0, so that is the next bit pattern)."""
-    return (s16.view(torch.int16) + 1).view(torch.float16)
-
-
-def _dims(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    return axis
-
-
-def _ops(x):
-    return _TorchOps() if is_torch(x) else _NumpyOps
+def _round_scale_up(xp, s, scale_dtype):
+    """Round ``s`` up to the storage dtype, so the stored scale still covers the range."""
+    if scale_dtype == "float32":
+        return s
+    if bool((s > 65504.0).any()):
+        raise ValueError("x is too large for float16 scales (s > 65504); use scale_dtype='float32'")
+    return xp.float16_up(s)
 
 
 def _check_axis(axis, ndim):
@@ -222,41 +130,41 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
     if symmetric and zero_point == "float":
         raise ValueError("zero_point='float' needs symmetric=False (a symmetric z is fixed)")
     axes = _check_axis(axis, x.ndim)
-    op = _ops(x)
+    xp = namespace(x)
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: rejected just below
-        x = op.f32(x)
+        x = xp.f32(x)
     if not _all_finite(x):
         raise ValueError("x has values beyond the float32 range (computations are in float32)")
     if symmetric:
         half = (1 << (bits - 1)) - 1
-        amax = op.amax(abs(x), axes)
-        s = op.where(amax > 0, amax / half, amax * 0 + 1)
-        s = op.round_scale_up(_valid_scale(op, s), scale_dtype)
-        z = op.f32(s) * 0 + float(1 << (bits - 1))
+        amax = xp.amax(abs(x), axes)
+        s = xp.where(amax > 0, amax / half, amax * 0 + 1)
+        s = _round_scale_up(xp, _valid_scale(xp, s), scale_dtype)
+        z = xp.f32(s) * 0 + float(1 << (bits - 1))
         return QParams(s, z, bits, True, "int")
-    lo, hi = op.amin(x, axes), op.amax(x, axes)
+    lo, hi = xp.amin(x, axes), xp.amax(x, axes)
     if zero_point == "int":
-        lo, hi = op.minimum(lo, 0.0), op.maximum(hi, 0.0)
+        lo, hi = xp.minimum(lo, 0.0), xp.maximum(hi, 0.0)
     qmax = (1 << bits) - 1
     with np.errstate(over="ignore"):  # a range beyond float32 gives s = inf: _valid_scale rejects it
-        s = op.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
-    s = op.round_scale_up(_valid_scale(op, s), scale_dtype)
-    s32 = op.f32(s)
+        s = xp.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
+    s = _round_scale_up(xp, _valid_scale(xp, s), scale_dtype)
+    s32 = xp.f32(s)
     z = (0.0 - lo) / s32  # 0.0 - lo, not -lo: a zero minimum gives z = +0, not -0
     if zero_point == "int":
-        z = op.clip(op.rint(z), 0, qmax)
+        z = xp.clip(xp.rint(z), 0, qmax)
     return QParams(s, z, bits, False, zero_point)
 
 
 _F32_TINY = float(np.finfo(np.float32).tiny)  # 2^-126, the smallest normal float32
 
 
-def _valid_scale(op, s):
+def _valid_scale(xp, s):
     """Scales are normal float32 numbers: at least 2^-126 (a subnormal or zero s loses the
     precision of x / s), and finite (a range beyond float32 is an error, not s = inf)."""
     if not _all_finite(s):
         raise ValueError("x spans a range too large for a float32 scale (max - min overflows)")
-    return op.maximum(s, _F32_TINY)
+    return xp.maximum(s, _F32_TINY)
 
 
 def _check_qparams(qp, x):
@@ -289,26 +197,26 @@ def quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):
     check_float_array(x, "x")
     _check_qparams(qp, x)
     check_choice(rounding, "rounding", ROUNDING)
-    op = _ops(x)
-    x = op.f32(x)
-    s = op.f32(qp.s)
+    xp = namespace(x)
+    x = xp.f32(x)
+    s = xp.f32(qp.s)
     v = x / s
     z = qp.z
     if qp.zero_point == "float":
         # add only the fraction of z before rounding: x / s + z in float32 would carry a rounding
         # error of the size of z (up to 2^bits), z - floor(z) is exact and small
-        z_int = op.floor(z)
+        z_int = xp.floor(z)
         v, z = v + (z - z_int), z_int
     if rounding == "stochastic":
         if rng is None:
             raise ValueError("rng is required for rounding='stochastic' (pass a seeded generator)")
         # round up with probability frac(v); floor(v + u) in float32 could overshoot ceil(v)
-        r = op.floor(v)
-        r = r + op.f32(op.uniform(tuple(x.shape), rng, x) < v - r)
+        r = xp.floor(v)
+        r = r + xp.f32(xp.uniform(tuple(x.shape), rng, x) < v - r)
     else:
-        r = op.rint(v)
+        r = xp.rint(v)
     r = r + z  # with an integer z, round(x / s) + z: the DESIGN convention
-    return op.to_codes(op.clip(r, qp.qmin, qp.qmax), qp.bits)
+    return xp.to_uint8(xp.clip(r, qp.qmin, qp.qmax))
 
 
 def dequantize(q, qp: QParams):
@@ -317,8 +225,8 @@ def dequantize(q, qp: QParams):
     _check_qparams(qp, q)
     if bool((q > qp.qmax).any()):
         raise ValueError(f"q has codes above qmax = {qp.qmax} for bits={qp.bits}")
-    op = _ops(q)
-    return op.f32(qp.s) * (op.f32(q) - qp.z)
+    xp = namespace(q)
+    return xp.f32(qp.s) * (xp.f32(q) - qp.z)
 
 
 def fake_quantize(x, qp: QParams, *, rounding: str = "nearest_even", rng=None):

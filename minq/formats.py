@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import check_float_array, check_uint_array
 from minq._jit import njit
 
@@ -160,7 +160,7 @@ class FloatFormat:
         check_float_array(x, "x", finite=False)
         if not isinstance(saturate, (bool, np.bool_)):
             raise TypeError(f"saturate must be a bool, got {type(saturate).__name__}")
-        if self.convention == "none" and bool(_ops(x).isnan(x).any()):
+        if self.convention == "none" and bool(namespace(x).isnan(x).any()):
             raise ValueError(f"x contains NaN, which {self.name} cannot represent (it has no NaN code)")
         if is_torch(x):
             import torch
@@ -212,42 +212,42 @@ def encode_reference(x, fmt: FloatFormat, *, saturate: bool = False):
     magnitude code directly: for a normal n includes the implicit 1, a carry out of the mantissa
     bumps the exponent field, and subnormals are the ``eq == emin`` codes with ``n < 2^m``.
     """
-    op = _ops(x)
+    xp = namespace(x)
     e, m = fmt.exp_bits, fmt.man_bits
-    u = op.float32_bits(x)                         # x [...] -> float32 bit patterns, int64 [...]
+    u = xp.float32_bits(x)                         # x [...] -> float32 bit patterns, int64 [...]
     sign, a = u >> 31, u & 0x7FFFFFFF             # a = the bits of |x|
     exp, man = a >> 23, a & 0x7FFFFF
     is_nan, is_inf = a > _F32_INF, a == _F32_INF
     if fmt.convention == "fnu":
-        return _encode_e8m0_reference(sign, a, exp, man, saturate, op)
+        return _encode_e8m0_reference(sign, a, exp, man, saturate, xp)
 
     normal = exp != 0
-    sig = op.where(normal, man | 0x800000, man)    # |x| = sig * 2^e2 exactly
-    e2 = op.where(normal, exp - 150, -149)
+    sig = xp.where(normal, man | 0x800000, man)    # |x| = sig * 2^e2 exactly
+    e2 = xp.where(normal, exp - 150, -149)
     # floor(log2|x|) for a normal float32. Float32 subnormals lie below every format's smallest
     # normal (emin >= -126), so any exponent below -126 (here -127) puts them on the subnormal grid.
-    ex = op.where(normal, exp - 127, -127)
-    eq = op.clamp(ex, fmt.emin, None)              # values below the normal range share the quantum of emin
-    shift = op.clamp(eq - m - e2, 0, 40)           # low bits of sig below the quantum; >= 25 rounds sig to 0
+    ex = xp.where(normal, exp - 127, -127)
+    eq = xp.clip(ex, fmt.emin, None)              # values below the normal range share the quantum of emin
+    shift = xp.clip(eq - m - e2, 0, 40)           # low bits of sig below the quantum; >= 25 rounds sig to 0
     n = _round_shift(sig, shift)                  # round(sig / 2^shift), ties to even
     mag = (eq - fmt.emin) * 2**m + n              # magnitude code E * 2^m + M
 
     over = (mag > fmt.max_mag) | is_inf           # decided after rounding: e4m3fn 464 -> 448, 465 overflows
     if saturate or fmt.convention == "none":
-        mag = op.where(over, fmt.max_mag, mag)     # clamp to ±max
+        mag = xp.where(over, fmt.max_mag, mag)     # clamp to ±max
     elif fmt.convention == "ieee":
-        mag = op.where(over, ((1 << e) - 1) << m, mag)  # ±Inf
+        mag = xp.where(over, ((1 << e) - 1) << m, mag)  # ±Inf
     else:
         is_nan = is_nan | over                     # fn, fnuz: no Inf, so overflow is NaN
     q = (sign << (e + m)) | mag
 
     if fmt.convention == "ieee":                   # quiet NaN: E all ones and the top mantissa bit
-        q = op.where(is_nan, (sign << (e + m)) | (((1 << e) - 1) << m) | (1 << (m - 1)), q)
+        q = xp.where(is_nan, (sign << (e + m)) | (((1 << e) - 1) << m) | (1 << (m - 1)), q)
     elif fmt.convention == "fn":                   # S.1111.111
-        q = op.where(is_nan, (sign << (e + m)) | ((1 << (e + m)) - 1), q)
+        q = xp.where(is_nan, (sign << (e + m)) | ((1 << (e + m)) - 1), q)
     elif fmt.convention == "fnuz":                 # no -0 (-0 -> +0); the "-0" code is the one NaN
-        q = op.where(mag == 0, 0, q)
-        q = op.where(is_nan, 1 << (e + m), q)
+        q = xp.where(mag == 0, 0, q)
+        q = xp.where(is_nan, 1 << (e + m), q)
     return q
 
 
@@ -259,47 +259,47 @@ def _round_shift(sig, k):
     return q + ((r > half) | ((r == half) & (half > 0) & ((q & 1) == 1)))
 
 
-def _encode_e8m0_reference(sign, a, exp, man, saturate, op):
+def _encode_e8m0_reference(sign, a, exp, man, saturate, xp):
     """E8M0: the nearest power of two, in the linear domain, ties up (1.5 -> 2)."""
     # normal 2^(exp-127) * (1 + man/2^23): round up from 1.5 * 2^k on (man >= 2^22).
     # float32 subnormal man * 2^-149: the candidates are 2^-127 (man = 2^22, code 0) and 2^-126
     # (code 1), their midpoint 1.5 * 2^-127 is man = 0x600000, ties up; everything below -> code 0.
-    q = op.where(exp != 0, exp + (man >= 0x400000),
-                 op.where(man >= 0x600000, 1, 0))
-    q = op.where(q >= 255, 254 if saturate else 255, q)   # overflow (and +Inf)
-    return op.where((sign == 1) | (a == 0) | (a > _F32_INF), 255, q)  # negative, zero, NaN -> NaN
+    q = xp.where(exp != 0, exp + (man >= 0x400000),
+                 xp.where(man >= 0x600000, 1, 0))
+    q = xp.where(q >= 255, 254 if saturate else 255, q)   # overflow (and +Inf)
+    return xp.where((sign == 1) | (a == 0) | (a > _F32_INF), 255, q)  # negative, zero, NaN -> NaN
 
 
 def decode_reference(codes, fmt: FloatFormat):
     """Reference decoder: integer codes (NumPy or torch) -> float32, built as float32 bit patterns."""
-    op = _ops(codes)
+    xp = namespace(codes)
     e, m = fmt.exp_bits, fmt.man_bits
-    c = op.int64(codes)
+    c = xp.int64(codes)
     if fmt.convention == "fnu":                    # 2^(c - 127); 2^-127 is a float32 subnormal
-        bits = op.where(c == 0, 0x400000, c << 23)
-        return op.bits_float32(op.where(c == 255, _F32_QNAN, bits))
+        bits = xp.where(c == 0, 0x400000, c << 23)
+        return xp.bits_float32(xp.where(c == 255, _F32_QNAN, bits))
 
     sign = (c >> (e + m)) & 1
     E, M = (c >> m) & ((1 << e) - 1), c & ((1 << m) - 1)
     normal = ((E - fmt.bias + 127) << 23) | (M << (23 - m))   # re-bias E, left-align M in 23 bits
     # subnormal M * 2^(1 - bias - m): normalise on the leading bit p of M ...
-    p = op.clamp(_bit_length(M) - 1, 0, None)
+    p = xp.clip(_bit_length(M) - 1, 0, None)
     f_exp = 1 - fmt.bias - m + p + 127
     sub = (f_exp << 23) | ((M - (1 << p)) << (23 - p))
     # ... unless that is below float32's normal range (bias 127: bfloat16, float32), where the
     # float32 subnormal field is M shifted into place.
-    sub = op.where(f_exp >= 1, sub, M << (150 - fmt.bias - m))
-    bits = op.where(E != 0, normal, op.where(M == 0, 0, sub))
+    sub = xp.where(f_exp >= 1, sub, M << (150 - fmt.bias - m))
+    bits = xp.where(E != 0, normal, xp.where(M == 0, 0, sub))
 
     top = E == (1 << e) - 1
     if fmt.convention == "ieee":
-        bits = op.where(top, op.where(M == 0, _F32_INF, _F32_QNAN), bits)
+        bits = xp.where(top, xp.where(M == 0, _F32_INF, _F32_QNAN), bits)
     elif fmt.convention == "fn":
-        bits = op.where(top & (M == (1 << m) - 1), _F32_QNAN, bits)
+        bits = xp.where(top & (M == (1 << m) - 1), _F32_QNAN, bits)
     bits = bits | (sign << 31)
     if fmt.convention == "fnuz":
-        bits = op.where(c == 1 << (e + m), _F32_QNAN, bits)  # the "-0" code is the NaN
-    return op.bits_float32(bits)
+        bits = xp.where(c == 1 << (e + m), _F32_QNAN, bits)  # the "-0" code is the NaN
+    return xp.bits_float32(bits)
 
 
 def _bit_length(a):
@@ -396,55 +396,6 @@ def _decode_kernel(c, bits, e, m, bias, conv):
         if conv == _FNUZ and ci == 1 << (e + m):
             b = _F32_QNAN
         bits[i] = b
-
-
-# --- array backends: the few ops the reference needs, for NumPy and for torch ----------------------------
-
-
-class _NumpyOps:
-    where = staticmethod(np.where)
-    isnan = staticmethod(np.isnan)
-
-    @staticmethod
-    def clamp(a, lo, hi):
-        return np.clip(a, lo, hi)
-
-    @staticmethod
-    def float32_bits(x):
-        return np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.int64)
-
-    @staticmethod
-    def int64(c):
-        return np.asarray(c).astype(np.int64)
-
-    @staticmethod
-    def bits_float32(bits):
-        return bits.astype(np.uint32).view(np.float32)
-
-
-class _TorchOps:
-    def __init__(self):
-        import torch
-
-        self.t = torch
-        self.where, self.isnan = torch.where, torch.isnan
-
-    def clamp(self, a, lo, hi):
-        return self.t.clamp(a, min=lo, max=hi)
-
-    def float32_bits(self, x):
-        return x.detach().to(self.t.float32).contiguous().view(self.t.int32).to(self.t.int64) & 0xFFFFFFFF
-
-    def int64(self, c):
-        return c.to(self.t.int64)
-
-    def bits_float32(self, bits):
-        # int64 0 .. 2^32-1 -> the same 32 bits as int32 (two's complement), then reinterpret
-        return self.t.where(bits >= 2**31, bits - 2**32, bits).to(self.t.int32).view(self.t.float32)
-
-
-def _ops(x):
-    return _TorchOps() if is_torch(x) else _NumpyOps
 
 
 # --- the formats, keyed by their ml_dtypes names ---------------------------------------------------------

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq import affine
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import check_bits, check_choice, check_float_array, check_uint_array
 from minq._jit import njit, prange
-from minq.packing import pack, unpack
+from minq.packing import pack, unpack, unpack_reference
 
-__all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "quantize_ragged", "GroupedAffine"]
+__all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "quantize_ragged", "GroupedAffine",
+           "quantize_codes_reference", "dequantize_reference"]
 
 
 def resolve_group_size(group_size, n_in: int) -> int:
@@ -122,15 +123,15 @@ class GroupedAffine:
         if z is not None:
             if zero_point == "int" and (is_torch(z) and not z.is_floating_point()
                                         or not is_torch(z) and np.asarray(z).dtype.kind in "ui"):
-                z = _f32(z)  # integer zero points may come as integer arrays
+                z = namespace(z).f32(z)  # integer zero points may come as integer arrays
             check_float_array(z, "z")
             if tuple(z.shape) != want:
                 raise ValueError(f"z must have shape {want}, got {tuple(z.shape)}")
             if zero_point == "int":
-                zf = _f32(z)
+                zf = z
                 if bool(((zf < 0) | (zf > (1 << bits) - 1) | (zf != zf.round())).any()):
                     raise ValueError(f"z must hold integers in [0, {(1 << bits) - 1}] for zero_point='int'")
-                z = pack(_codes_u8(z).reshape(-1), bits)  # [out, G] -> one packed stream
+                z = pack(namespace(z).to_uint8(z).reshape(-1), bits)  # [out, G] -> one packed stream
             else:
                 z = z.to(s.dtype) if is_torch(z) else z.astype(s.dtype)
         return cls(pack(q, bits), s, z, (out, n_in), bits, group_size, z is None, zero_point)
@@ -148,14 +149,15 @@ class GroupedAffine:
     def nbytes(self) -> int:
         """Bytes of storage: packed codes + scales + stored zero points (ragged groups: the parameters
         of each group counted once, ``ceil(in / g)`` per row, not the repeats of this container)."""
+        xp = namespace(self.packed)
         if self.ragged_group_size is not None:
             out, n_in = self.shape
             n = out * -(-n_in // self.ragged_group_size)                # parameters of a ragged layout
             z_bytes = 0 if self.z is None else (-(-n * self.bits // 8) if self.zero_point == "int"
-                                                else n * _itemsize(self.z))
-            return _nbytes(self.packed) + n * _itemsize(self.s) + z_bytes
-        z_bytes = 0 if self.z is None else _nbytes(self.z)
-        return _nbytes(self.packed) + _nbytes(self.s) + z_bytes
+                                                else n * xp.itemsize(self.z))
+            return xp.nbytes(self.packed) + n * xp.itemsize(self.s) + z_bytes
+        z_bytes = 0 if self.z is None else xp.nbytes(self.z)
+        return xp.nbytes(self.packed) + xp.nbytes(self.s) + z_bytes
 
     @property
     def bits_per_weight(self) -> float:
@@ -169,22 +171,22 @@ class GroupedAffine:
     def qparams(self) -> affine.QParams:
         """Per-group ``(s, z)`` as ``affine.QParams`` broadcastable to ``group(W)`` [out, n_groups, 1]."""
         s = self.s[..., None]
+        xp = namespace(s)
         if self.z is None:
-            z = _full_like_f32(s, float(1 << (self.bits - 1)))
+            z = xp.full(s.shape, float(1 << (self.bits - 1)), s)
         elif self.zero_point == "int":
-            z = _f32(unpack(self.z, self.bits, self.s.numel() if is_torch(self.s) else self.s.size))
-            z = z.reshape(*self.s.shape, 1)
+            z = xp.f32(unpack(self.z, self.bits, xp.size(self.s))).reshape(*self.s.shape, 1)
         else:
-            z = _f32(self.z)[..., None]
+            z = xp.f32(self.z)[..., None]
         return affine.QParams(s, z, self.bits, self.symmetric, self.zero_point)
 
     def dequantize(self):
-        """``w_hat [out, in]`` float32 (NumPy: one fused Numba unpack+dequantize pass)."""
+        """``w_hat [out, in]`` float32: NumPy through one fused Numba unpack+dequantize pass, torch
+        through ``dequantize_reference`` (the two equal bit for bit, tests/test_groups.py)."""
+        if is_torch(self.packed):
+            return dequantize_reference(self)
         qp = self.qparams()
         out, n_in = self.shape
-        if is_torch(self.packed):
-            q = group_codes(self.codes, self.g, out)
-            return ungroup(affine.dequantize(q, qp))
         s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, n_in // self.g)), dtype=np.float32)
         z = np.ascontiguousarray(np.broadcast_to(qp.z[..., 0], s.shape), dtype=np.float32)
         W_hat = np.empty(self.shape, np.float32)
@@ -197,24 +199,26 @@ def group_codes(q, g, out):
     return q.reshape(out, -1, g)
 
 
-def _nbytes(a) -> int:
-    return int(a.numel() * a.element_size()) if is_torch(a) else int(a.nbytes)
+def ungroup_codes(qg):
+    """Codes ``[out, in / g, g] -> [out, in]``."""
+    return qg.reshape(qg.shape[0], -1)
 
 
-def _itemsize(a) -> int:
-    return int(a.element_size()) if is_torch(a) else int(a.itemsize)
+# --- the readable reference: chapter 02's quantize / dequantize on the grouped weight ---------------
 
 
-def _f32(a):
-    return a.float() if is_torch(a) else a.astype(np.float32)
+def quantize_codes_reference(Wg, qp: affine.QParams):
+    """Codes ``q [out, in]`` of ``Wg [out, G, g]`` with one ``(s, z)`` per group (``qp``: s, z ``[out, G, 1]``):
+    ``affine.quantize`` on the grouped weight, ungrouped. The Numba ``_quantize_kernel`` equals it."""
+    return ungroup_codes(affine.quantize(Wg, qp))                       # [out, G, g] -> [out, in]
 
 
-def _full_like_f32(a, v):
-    if is_torch(a):
-        import torch
-
-        return torch.full(a.shape, v, dtype=torch.float32, device=a.device)
-    return np.full(a.shape, v, np.float32)
+def dequantize_reference(c: GroupedAffine):
+    """``w_hat [out, in] = s * (q - z)`` of a ``GroupedAffine``, group by group, with ``unpack_reference``
+    and ``affine.dequantize``. The fused Numba unpack+dequantize of ``c.dequantize()`` equals it."""
+    out, n_in = c.shape
+    q = group_codes(unpack_reference(c.packed, c.bits, n_in), c.g, out)  # [out, in] -> [out, G, g]
+    return ungroup(affine.dequantize(q, c.qparams()))
 
 
 def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zero_point: str = "int",
@@ -244,10 +248,10 @@ def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zer
     qp = affine.choose_qparams(Wg, bits=bits, symmetric=symmetric, axis=axis, zero_point=zero_point,
                                scale_dtype=scale_dtype)                  # s, z [out, G, 1] (or [1, 1, 1])
     if zero_point == "float":  # quantize with the zero point as stored
-        z = qp.z.to(qp.s.dtype).float() if is_torch(W) else qp.z.astype(qp.s.dtype).astype(np.float32)
+        z = namespace(W).f32(qp.z.to(qp.s.dtype) if is_torch(W) else qp.z.astype(qp.s.dtype))
         qp = affine.QParams(qp.s, z, bits, False, "float")
     if is_torch(W):
-        q = ungroup_codes(affine.quantize(Wg, qp))
+        q = quantize_codes_reference(Wg, qp)
     else:
         s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, n_in // g)), dtype=np.float32)
         z = np.ascontiguousarray(np.broadcast_to(qp.z[..., 0], s.shape), dtype=np.float32)
@@ -289,7 +293,8 @@ def quantize_ragged(W, group_size: int, quantize) -> GroupedAffine:
                 or part.zero_point != head.zero_point or part.bits != head.bits:
             raise ValueError("quantize must return GroupedAffine parts of one kind (bits, symmetry, zero point)")
     reps = [g // gs] * k + [(n_in - k * g) // gs]                         # stored columns per group
-    cat, rep = (_torch_cat, _torch_repeat) if is_torch(W) else (np.concatenate, np.repeat)
+    xp = namespace(W)
+    cat, rep = xp.cat, xp.repeat
     q = cat([head.codes, tail.codes], axis=1)                             # [out, in]
     s = rep(cat([head.s, tail.s], axis=1), reps, axis=1)                  # [out, in / gs]
     z = None
@@ -297,26 +302,6 @@ def quantize_ragged(W, group_size: int, quantize) -> GroupedAffine:
         z = rep(cat([head.qparams().z[..., 0], tail.qparams().z[..., 0]], axis=1), reps, axis=1)
     c = GroupedAffine.from_codes(q, s, z, bits=head.bits, group_size=gs, zero_point=head.zero_point)
     return replace(c, ragged_group_size=g)
-
-
-def _torch_cat(parts, axis):
-    import torch
-
-    return torch.cat(parts, dim=axis)
-
-
-def _torch_repeat(a, reps, axis):
-    import torch
-
-    return torch.repeat_interleave(a, torch.as_tensor(reps, device=a.device), dim=axis)
-
-
-def ungroup_codes(qg):
-    return qg.reshape(qg.shape[0], -1)
-
-
-def _codes_u8(z):
-    return z.to(__import__("torch").uint8) if is_torch(z) else z.astype(np.uint8)
 
 
 # --- fast path (numba): fused quantize and fused unpack+dequantize, rows in parallel -----------------

@@ -14,8 +14,9 @@ occupies stream bits ``[i*b, (i+1)*b)``, least significant bit first. A chunk of
 A row whose length is not a multiple of ``c`` is padded with zero codes; ``unpack`` takes the true
 row length ``n`` and drops the padding. ``nbytes_per_row(n, bits) = ceil(n / c) * c * bits / 8``.
 
-The readable reference works on whole chunks with integer shifts (and runs unchanged on torch
-tensors); the Numba kernels walk the bit stream with a 64-bit accumulator; tests prove all equal.
+The readable reference (``pack_reference``, ``unpack_reference``) works on whole chunks with integer
+shifts, on NumPy arrays and torch tensors alike; the Numba kernels behind ``pack``/``unpack`` walk the
+bit stream with a 64-bit accumulator; tests prove all equal.
 Notebook: ``notebooks/03_group_quantization.ipynb``.
 """
 
@@ -25,11 +26,11 @@ from math import gcd
 
 import numpy as np
 
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import check_bits, check_uint_array
 from minq._jit import njit, prange
 
-__all__ = ["pack", "unpack", "chunk_codes", "nbytes_per_row"]
+__all__ = ["pack", "unpack", "pack_reference", "unpack_reference", "chunk_codes", "nbytes_per_row"]
 
 
 def chunk_codes(bits: int) -> int:
@@ -54,46 +55,31 @@ def _check_codes(q, bits, name="q"):
 # --- reference: whole chunks with integer shifts (NumPy or torch) ------------------------------------
 
 
-def _pack_ref(q, bits):
+def pack_reference(q, bits: int):
+    """The readable ``pack``: codes ``q [..., n]`` -> bytes, one chunk of ``c`` codes at a time.
+
+    Each chunk's ``c`` codes shifted into place make one ``c * bits``-bit integer, which is cut into its
+    ``c * bits / 8`` bytes. Runs on NumPy arrays and torch tensors; equals the Numba kernel byte for byte.
+    """
+    xp = namespace(q)
     c = chunk_codes(bits)
-    nb = c * bits // 8  # bytes per chunk
-    n = q.shape[-1]
-    pad = -n % c
-    if is_torch(q):
-        import torch
-
-        v = torch.nn.functional.pad(q.to(torch.int64), (0, pad))
-        shifts = torch.arange(c, device=q.device, dtype=torch.int64) * bits
-        byte_shifts = torch.arange(nb, device=q.device, dtype=torch.int64) * 8
-    else:
-        v = np.pad(q.astype(np.int64), [(0, 0)] * (q.ndim - 1) + [(0, pad)])
-        shifts = np.arange(c, dtype=np.int64) * bits
-        byte_shifts = np.arange(nb, dtype=np.int64) * 8
-    v = v.reshape(*q.shape[:-1], -1, c)                   # [..., n] -> [..., n/c, c]
-    word = (v << shifts).sum(-1)                          # [..., n/c] one integer of c*bits bits per chunk
-    out = (word[..., None] >> byte_shifts) & 0xFF         # [..., n/c, nb]
-    out = out.reshape(*q.shape[:-1], -1)                  # [..., n/c * nb]
-    return out.to(torch.uint8) if is_torch(q) else out.astype(np.uint8)
+    nb = c * bits // 8                                    # bytes per chunk
+    v = xp.pad_last(xp.int64(q), -q.shape[-1] % c)        # [..., n] zero-padded to whole chunks
+    v = v.reshape(*q.shape[:-1], -1, c)                   # -> [..., n/c, c]
+    word = (v << (xp.arange(c, q) * bits)).sum(-1)        # [..., n/c] one integer of c*bits bits per chunk
+    out = (word[..., None] >> (xp.arange(nb, q) * 8)) & 0xFF   # [..., n/c, nb]
+    return xp.to_uint8(out.reshape(*q.shape[:-1], -1))    # [..., n/c * nb]
 
 
-def _unpack_ref(packed, bits, n):
+def unpack_reference(packed, bits: int, n: int):
+    """The readable ``unpack``: bytes ``[..., nbytes]`` -> codes ``[..., n]``, a chunk at a time."""
+    xp = namespace(packed)
     c = chunk_codes(bits)
     nb = c * bits // 8
-    if is_torch(packed):
-        import torch
-
-        v = packed.to(torch.int64)
-        byte_shifts = torch.arange(nb, device=packed.device, dtype=torch.int64) * 8
-        shifts = torch.arange(c, device=packed.device, dtype=torch.int64) * bits
-    else:
-        v = packed.astype(np.int64)
-        byte_shifts = np.arange(nb, dtype=np.int64) * 8
-        shifts = np.arange(c, dtype=np.int64) * bits
-    v = v.reshape(*packed.shape[:-1], -1, nb)             # [..., nbytes] -> [..., chunks, nb]
-    word = (v << byte_shifts).sum(-1)                     # [..., chunks]
-    q = (word[..., None] >> shifts) & ((1 << bits) - 1)   # [..., chunks, c]
-    q = q.reshape(*packed.shape[:-1], -1)[..., :n]        # [..., n]
-    return q.to(torch.uint8) if is_torch(packed) else q.astype(np.uint8)
+    v = xp.int64(packed).reshape(*packed.shape[:-1], -1, nb)      # [..., nbytes] -> [..., chunks, nb]
+    word = (v << (xp.arange(nb, packed) * 8)).sum(-1)             # [..., chunks]
+    q = (word[..., None] >> (xp.arange(c, packed) * bits)) & ((1 << bits) - 1)   # [..., chunks, c]
+    return xp.to_uint8(q.reshape(*packed.shape[:-1], -1)[..., :n])               # [..., n]
 
 
 # --- fast path (numba) --------------------------------------------------------------------------------
@@ -199,12 +185,12 @@ def _unpack_kernel(packed, bits, n, out):
 def pack(q, bits: int):
     """Pack codes ``q [..., n]`` (unsigned, each < 2^bits) into bytes ``[..., nbytes_per_row(n, bits)]``.
 
-    Works on NumPy arrays (Numba kernel) and torch tensors (the reference), same bytes.
+    NumPy arrays go through the Numba kernel, torch tensors through ``pack_reference``: same bytes.
     """
     bits = check_bits(bits)
     _check_codes(q, bits)
     if is_torch(q):
-        return _pack_ref(q, bits)
+        return pack_reference(q, bits)
     n = q.shape[-1]
     q2 = np.ascontiguousarray(q.reshape(-1, n), dtype=np.uint8)      # [..., n] -> [rows, n]
     out = np.zeros((q2.shape[0], nbytes_per_row(n, bits)), np.uint8)
@@ -230,7 +216,7 @@ def unpack(packed, bits: int, n: int):
         raise ValueError(f"packed rows have {packed.shape[-1]} bytes, but n={n} codes of {bits} bits "
                          f"take {need} (truncated or wrong n/bits)")
     if is_torch(packed):
-        return _unpack_ref(packed, bits, int(n))
+        return unpack_reference(packed, bits, int(n))
     p2 = np.ascontiguousarray(packed.reshape(-1, need))
     out = np.empty((p2.shape[0], int(n)), np.uint8)
     _unpack_kernel(p2, bits, int(n), out)

@@ -1,7 +1,7 @@
 """Chapter 03 — bit packing (minq/packing.py).
 
 Oracles: an independent bit-stream packer written here with ``np.packbits(bitorder="little")``,
-the chunk reference ``_pack_ref``/``_unpack_ref`` vs the Numba kernels behind ``pack``/``unpack``
+the chunk reference ``pack_reference``/``unpack_reference`` vs the Numba kernels behind ``pack``/``unpack``
 (bit for bit), golden bytes derived by hand from the layout diagram in the module docstring, and
 the torch path vs the NumPy path.
 """
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minq.packing import _pack_ref, _unpack_ref, chunk_codes, nbytes_per_row, pack, unpack
+from minq.packing import pack_reference, unpack_reference, chunk_codes, nbytes_per_row, pack, unpack
 from minq.testing import assert_equal
 
 try:
@@ -82,7 +82,7 @@ def test_golden_bytes(codes, bits, golden):
     q = np.array(codes, np.uint8)
     want = np.array(golden, np.uint8)
     assert_equal(pack(q, bits), want, name="pack (numba)")
-    assert_equal(_pack_ref(q, bits), want, name="_pack_ref")
+    assert_equal(pack_reference(q, bits), want, name="pack_reference")
     assert_equal(pack_bits_oracle(q, bits), want, name="oracle")
     assert_equal(unpack(want, bits, len(codes)), q, name="unpack")
 
@@ -132,9 +132,9 @@ def test_numba_equals_reference_and_oracle(qb):
     q, bits = qb
     n = q.shape[-1]
     packed = pack(q, bits)
-    assert_equal(packed, _pack_ref(q, bits), name="pack (numba) vs _pack_ref")
+    assert_equal(packed, pack_reference(q, bits), name="pack (numba) vs pack_reference")
     assert_equal(packed, pack_bits_oracle(q, bits), name="pack vs bit-stream oracle")
-    assert_equal(unpack(packed, bits, n), _unpack_ref(packed, bits, n), name="unpack (numba) vs _unpack_ref")
+    assert_equal(unpack(packed, bits, n), unpack_reference(packed, bits, n), name="unpack (numba) vs unpack_reference")
 
 
 @given(codes_and_bits(max_lead_dims=2))
