@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minq.packing import pack_reference, unpack_reference, chunk_codes, nbytes_per_row, pack, unpack
+from minq.packing import chunk_codes, nbytes_per_row, pack, pack_reference, unpack, unpack_reference
 from minq.testing import assert_equal
 
 try:
