@@ -43,6 +43,7 @@ class NumpyNamespace:
     rint = staticmethod(np.rint)                 # round half to even
     floor = staticmethod(np.floor)
     isnan = staticmethod(np.isnan)
+    isinf = staticmethod(np.isinf)
     maximum = staticmethod(np.maximum)
     minimum = staticmethod(np.minimum)
 
@@ -107,6 +108,11 @@ class NumpyNamespace:
         return bits.astype(np.uint32).view(np.float32)
 
     @staticmethod
+    def next_down(a):
+        """The next float32 towards zero of each positive ``a``."""
+        return np.nextafter(a, np.float32(0))
+
+    @staticmethod
     def float16_up(s):
         """``s >= 0`` (float32) rounded *up* to float16: the smallest float16 >= s, as float16."""
         s16 = s.astype(np.float16)
@@ -141,7 +147,7 @@ class TorchNamespace:
         import torch
 
         self.t = torch
-        self.where, self.floor, self.isnan = torch.where, torch.floor, torch.isnan
+        self.where, self.floor, self.isnan, self.isinf = torch.where, torch.floor, torch.isnan, torch.isinf
 
     def rint(self, a):
         return self.t.round(a)                   # round half to even, like np.rint
@@ -191,6 +197,9 @@ class TorchNamespace:
     def bits_float32(self, bits):
         # int64 0 .. 2^32-1 -> the same 32 bits as int32 (two's complement), then reinterpret
         return self.t.where(bits >= 2**31, bits - 2**32, bits).to(self.t.int32).view(self.t.float32)
+
+    def next_down(self, a):
+        return self.t.nextafter(a, self.t.zeros_like(a))
 
     def float16_up(self, s):
         s16 = s.to(self.t.float16)

@@ -68,6 +68,13 @@ class QParams:
             v = getattr(self, name)
             if isinstance(v, (int, float, np.generic)) and not isinstance(v, bool):
                 object.__setattr__(self, name, np.asarray(v, dtype=np.float32))
+        check_bits(self.bits, "bits")
+        check_choice(self.zero_point, "zero_point", ZERO_POINT)
+        if self.zero_point == "int" and (isinstance(self.z, np.ndarray) or is_torch(self.z)):
+            z = namespace(self.z).f32(self.z)          # (NaN / Inf: reported as qp.z by quantize)
+            if _all_finite(z) and bool(((z < 0) | (z > self.qmax) | (z != namespace(z).rint(z))).any()):
+                raise ValueError(f"z must hold integers in [0, {self.qmax}] for zero_point='int' "
+                                 f"(bits={self.bits}); use zero_point='float' for a fractional zero point")
 
     @property
     def qmin(self) -> int:
@@ -139,7 +146,7 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
         half = (1 << (bits - 1)) - 1
         amax = xp.amax(abs(x), axes)
         s = xp.where(amax > 0, amax / half, amax * 0 + 1)
-        s = _round_scale_up(xp, _valid_scale(xp, s), scale_dtype)
+        s = _round_scale_up(xp, _valid_scale(xp, s, half), scale_dtype)
         z = xp.f32(s) * 0 + float(1 << (bits - 1))
         return QParams(s, z, bits, True, "int")
     lo, hi = xp.amin(x, axes), xp.amax(x, axes)
@@ -148,7 +155,7 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
     qmax = (1 << bits) - 1
     with np.errstate(over="ignore"):  # a range beyond float32 gives s = inf: _valid_scale rejects it
         s = xp.where(hi > lo, (hi - lo) / qmax, lo * 0 + 1)
-    s = _round_scale_up(xp, _valid_scale(xp, s), scale_dtype)
+    s = _round_scale_up(xp, _valid_scale(xp, s, qmax), scale_dtype)
     s32 = xp.f32(s)
     z = (0.0 - lo) / s32  # 0.0 - lo, not -lo: a zero minimum gives z = +0, not -0
     if zero_point == "int":
@@ -159,12 +166,18 @@ def choose_qparams(x, *, bits: int, symmetric: bool = False, axis=None, zero_poi
 _F32_TINY = float(np.finfo(np.float32).tiny)  # 2^-126, the smallest normal float32
 
 
-def _valid_scale(xp, s):
+def _valid_scale(xp, s, steps: int):
     """Scales are normal float32 numbers: at least 2^-126 (a subnormal or zero s loses the
-    precision of x / s), and finite (a range beyond float32 is an error, not s = inf)."""
+    precision of x / s), and finite (a range beyond float32 is an error, not s = inf). The grid's far
+    end ``s * steps`` (``steps`` = codes from z to the end) must be finite too: for ``x`` reaching the
+    float32 maximum, ``max / 127`` rounded up times 127 is ``inf``, so such an ``s`` steps one float32
+    down (its end then lands within a few ulps of the maximum, far inside ``s / 2``)."""
     if not _all_finite(s):
         raise ValueError("x spans a range too large for a float32 scale (max - min overflows)")
-    return xp.maximum(s, _F32_TINY)
+    s = xp.maximum(s, _F32_TINY)
+    with np.errstate(over="ignore"):
+        over = xp.isinf(s * float(steps))
+    return xp.where(over, xp.next_down(s), s) if bool(over.any()) else s
 
 
 def _check_qparams(qp, x):

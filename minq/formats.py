@@ -93,6 +93,18 @@ class FloatFormat:
     def __post_init__(self):
         if self.convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        for name, lo, hi in (("sign_bits", 0, 1), ("exp_bits", 1, 8), ("man_bits", 0, 23)):
+            v = getattr(self, name)             # encode works on float32 inputs: no field wider than its own
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an int in {lo}..{hi}, got {v!r}")
+        if isinstance(self.bias, bool) or not isinstance(self.bias, int):
+            raise ValueError(f"bias must be an int, got {self.bias!r}")
+        if (self.convention == "fnu") != (self.sign_bits == 0 and self.man_bits == 0):
+            raise ValueError("convention must be 'fnu' exactly for the unsigned exponent-only layout "
+                             f"(sign_bits = man_bits = 0); got {self.convention!r} with sign_bits="
+                             f"{self.sign_bits}, man_bits={self.man_bits}")
+        if self.convention in ("ieee", "fn") and self.man_bits == 0:
+            raise ValueError(f"convention {self.convention!r} needs man_bits >= 1 (its NaN has mantissa bits)")
 
     # --- derived constants ---------------------------------------------------------------------------
     @property

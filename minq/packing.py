@@ -202,6 +202,8 @@ def unpack(packed, bits: int, n: int):
     """Inverse of ``pack``: bytes ``[..., nbytes]`` -> codes ``[..., n]`` uint8."""
     bits = check_bits(bits)
     check_uint_array(packed, "packed")
+    if packed.ndim < 1:
+        raise ValueError("packed must have at least one dimension (rows of bytes), got a 0-d array")
     if is_torch(packed):
         import torch
 

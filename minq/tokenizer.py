@@ -17,6 +17,8 @@ alphabet. Reference: Sennrich et al., "Neural Machine Translation of Rare Words 
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["Tokenizer", "PRE_TOKENIZERS"]
 
 # GPT-2's word-splitting rule (what tokenizers' ByteLevel(use_regex=True) applies).
@@ -107,6 +109,10 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """The text of token ids ``ids`` (control tokens included as written). ValueError naming ``ids``
         when one is outside ``[0, vocab_size)``."""
+        ids = list(np.asarray(ids).reshape(-1)) if isinstance(ids, np.ndarray) else list(ids)
+        not_int = [i for i in ids if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+        if not_int:
+            raise TypeError(f"ids must be integer token ids, got {not_int[:5]}")
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
