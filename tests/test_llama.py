@@ -7,8 +7,6 @@ own Q/K un-permutation; loading a GGUF needs ``accelerate``, a dev dependency).
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from minq import assets
 from minq.gguf import permute_qk, read_gguf, unpermute_qk
@@ -94,7 +92,7 @@ def _write_gguf(path, arch="llama", tensors=()):
     w.add_head_count(2)
     w.add_head_count_kv(1)
     for name, data, qtype in tensors:
-        raw = gguf.quants.quantize(data, qtype)
+        raw = data if data.dtype == np.uint8 else gguf.quants.quantize(data, qtype)   # uint8: raw blocks
         w.add_tensor(name, raw, raw_dtype=qtype)  # shape inferred from the raw bytes
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -117,6 +115,40 @@ def test_read_gguf_types(tmp_path, rng, qtype):
     assert_equal(g.tensors["blk.0.ffn_up.weight"], want.astype(np.float32))
     want_k = gguf.quants.dequantize(gguf.quants.quantize(Wk, t), t).reshape(Wk.shape)
     assert_equal(g.tensors["blk.0.attn_k.weight"], unpermute_qk(want_k.astype(np.float32), 1))
+
+
+def _blocks(qtype, rng, n_blocks):
+    """Hand-built ggml blocks of 32 weights, raw bytes ``[n_blocks, bytes]``, and their values by the
+    formula: Q8_0 ``d * q`` (q int8); Q4_0 ``d * (q - 8)``; Q4_1 ``d * q + m`` (q 4-bit: byte j holds
+    weight j in its low nibble, weight j + 16 in its high one). d, m float16 with few mantissa bits, so
+    every value is exact in float32."""
+    d = rng.choice([0.5, 0.125, 2.0, -0.375, 0.0078125], n_blocks).astype(np.float16)
+    m = rng.choice([-1.25, 0.75, -0.5, 3.0], n_blocks).astype(np.float16)
+    if qtype == "Q8_0":
+        q = rng.integers(-128, 128, (n_blocks, 32)).astype(np.int8)
+        raw = np.concatenate([d.view(np.uint8).reshape(-1, 2), q.view(np.uint8)], axis=1)
+        return raw, d.astype(np.float64)[:, None] * q
+    q = rng.integers(0, 16, (n_blocks, 32)).astype(np.uint8)
+    qs = q[:, :16] | (q[:, 16:] << 4)
+    if qtype == "Q4_0":
+        return np.concatenate([d.view(np.uint8).reshape(-1, 2), qs], axis=1), d.astype(np.float64)[:, None] * (q - 8.0)
+    raw = np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2), qs], axis=1)
+    return raw, d.astype(np.float64)[:, None] * q + m.astype(np.float64)[:, None]
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_read_gguf_blocks_by_the_formula(tmp_path, rng, qtype):
+    """An oracle apart from gguf-py (which read_gguf calls): blocks built byte by byte, their values by the
+    formula of the format."""
+    import gguf
+
+    raw, want = _blocks(qtype, rng, 6)                             # [out 3, in 64]: 2 blocks per row
+    path = tmp_path / "blocks.gguf"
+    _write_gguf(path, tensors=[("blk.0.ffn_up.weight", raw.reshape(3, -1), gguf.GGMLQuantizationType[qtype])])
+    g = read_gguf(path, progress=False)
+    assert g.types["blk.0.ffn_up.weight"] == qtype
+    assert_equal(g.tensors["blk.0.ffn_up.weight"], want.reshape(3, 64).astype(np.float32))
+    assert (want.astype(np.float32) == want).all()                 # exact in float32: the comparison is exact
 
 
 def test_read_gguf_bad_files(tmp_path, gguf_path, rng):
@@ -169,12 +201,13 @@ def _prompt_ids(model, n=64):
     return np.array(ids[:n])
 
 
-def test_logits_match_transformers(model, hf):
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_logits_match_transformers(model, hf, engine):
     _, hf_logits = hf
     ids = _prompt_ids(model)
-    logits = model.logits(ids)
+    logits = model.logits(ids, engine=engine)
     assert logits.dtype == np.float32 and logits.shape == (64, 49152)
-    assert_close(logits, hf_logits(ids), atol=1e-3, name="minq vs transformers logits")
+    assert_close(logits, hf_logits(ids), atol=1e-3, name=f"minq ({engine}) vs transformers logits")
 
 
 def test_incremental_equals_full(model):
@@ -184,6 +217,33 @@ def test_incremental_equals_full(model):
     parts = [model.logits(ids[a:b], cache=cache) for a, b in [(0, 40), (40, 41), (41, 42), (42, 64)]]
     assert cache.length == 64 and cache.nbytes == 30 * 2 * 3 * 64 * 64 * 4
     assert_close(np.concatenate(parts), full, atol=1e-4, name="incremental vs full")
+
+
+def test_kv_cache():
+    """The cache's interface: ``update`` appends and returns all positions, ``length``, ``nbytes``; one
+    class, importable from where it lives and from the models."""
+    import minq.models
+    import minq.models.llama
+    from minq.kvcache import KVCache
+
+    assert minq.models.KVCache is minq.models.llama.KVCache is KVCache
+    c = KVCache(n_layers=2)
+    assert c.length == 0 and c.nbytes == 0
+    k = np.arange(2 * 3 * 5 * 4, dtype=np.float32).reshape(2, 3, 5, 4)      # [B, n_kv, T, hd]
+    for layer in range(2):
+        k_all, v_all = c.update(layer, k, -k)
+        assert_equal(k_all, k)
+        assert_equal(v_all, -k)
+    for step in range(20):                                           # one position at a time: grows
+        k1 = np.full((2, 3, 1, 4), step, np.float32)
+        for layer in range(2):
+            k_all, v_all = c.update(layer, k1, k1)
+    assert c.length == 25 and k_all.shape == (2, 3, 25, 4) and c.nbytes == 2 * 2 * k_all.nbytes
+    assert_equal(k_all[:, :, :5], k)
+    assert_equal(k_all[:, :, 5:, 0], np.broadcast_to(np.arange(20, dtype=np.float32), (2, 3, 20)))
+    one = np.zeros((1, 3, 40, 4), np.float32)                        # another batch size, past the capacity
+    with pytest.raises(ValueError, match="cache holds batch/heads"):
+        c.update(0, one, one)
 
 
 def test_batched_windows(model):
@@ -270,9 +330,9 @@ def test_blocks_one_by_one_equal_logits(model, batched):
     x = model.embed(ids)
     assert x.shape == ids.shape + (576,)
     for i in range(model.config.n_layers):
-        x0 = x.copy()
-        x = model.run_block(i, x)
-        assert_equal(x0, x0 if i else model.embed(ids))
+        x_in, x0 = x, x.copy()                                      # the input, and a copy kept aside
+        x = model.run_block(i, x_in)
+        assert_equal(x_in, x0, name=f"block {i} input after run_block")   # every block leaves its input alone
     assert_equal(model.head(x), model.logits(ids))
     assert model.block_linear_names(2) == [f"blk.2.{n}" for n in
                                            ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
@@ -401,250 +461,3 @@ def test_weights_are_views_of_stacked_arrays(model):
     assert np.shares_memory(w.dequantize(), W) and not w.dequantize().flags.writeable and W.flags.writeable
     with pytest.raises(ValueError, match="copy=False"):
         DenseWeight(np.ones((4, 3)), copy=False)
-
-
-def test_rope_kernel_equals_numpy_rope(rng, monkeypatch, threads):
-    """The forward's RoPE (Numba kernel, strided in and out) is the NumPy ``rope`` times a scale, bit for bit."""
-    from minq._jit import py_func
-    from minq.models.llama import _rope_kernel, _rope_to, rope, rope_tables
-
-    x = rng.standard_normal((2, 5, 3, 4, 16)).astype(np.float32)[:, :, :, 1:]   # [B, T, H, G, hd], strided
-    cos, sin = rope_tables(np.arange(7, 12), 16, 10000.0)
-    want = rope(x, cos[:, None, None], sin[:, None, None]) * np.float32(0.125)
-    for kernel in (_rope_kernel, py_func(_rope_kernel)):
-        out = np.empty((2, 3, 5, 3, 16), np.float32).transpose(0, 2, 1, 3, 4)   # a transposed view
-        kernel(x, cos, sin, np.float32(0.125), out)
-        assert_equal(out, want, name=str(kernel))
-    for jit in (True, False):                                        # NUMBA_DISABLE_JIT=1: the NumPy rope
-        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
-        out = np.empty(x.shape, np.float32)
-        _rope_to(x, cos, sin, out, scale=0.125)
-        assert_equal(out, want, name=f"jit={jit}")
-    # rope rotates pairs: norms of (x[i], x[i + hd/2]) are kept
-    r = rope(x, cos[:, None, None], sin[:, None, None])
-    assert_close(r[..., :8] ** 2 + r[..., 8:] ** 2, x[..., :8] ** 2 + x[..., 8:] ** 2, atol=1e-5)
-
-
-# --- the forward's elementwise kernels against their NumPy references -------------------------------
-
-_rows = st.tuples(st.integers(1, 40), st.sampled_from([1, 5, 8, 9, 64, 127, 128, 129, 300, 576, 1000]),
-                  st.floats(1e-3, 1e3), st.integers(0, 2**32 - 1))
-
-
-@given(_rows)
-def test_rms_norm_kernel_equals_numpy_bit_for_bit(args):
-    """RMSNorm's kernel adds in NumPy's pairwise order: it equals ``rms_norm`` exactly, for any width."""
-    from minq._jit import py_func
-    from minq.models.llama import _rms_norm_kernel, rms_norm
-
-    N, d, scale, seed = args
-    r = np.random.default_rng(seed)
-    x = (r.standard_normal((N, d)) * scale).astype(np.float32)
-    gamma = r.standard_normal(d).astype(np.float32)
-    want = rms_norm(x, gamma, 1e-5)
-    for kernel in (_rms_norm_kernel, py_func(_rms_norm_kernel)):
-        y = np.empty_like(x)
-        kernel(x, gamma, np.float32(1e-5), y)
-        assert_equal(y, want, name=str(kernel))
-
-
-@pytest.fixture(params=["serial", "threads"])
-def threads(request, monkeypatch):
-    """Run the row-wise kernels in one piece, or in blocks of rows on 2 threads (whatever the machine)."""
-    import minq.models.llama as L
-
-    if request.param == "threads":
-        monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)
-        monkeypatch.setattr(L, "_threads", lambda: 2)
-        monkeypatch.setattr(L, "ROW_BLOCK", 2)                     # many blocks, also of tiny inputs
-    else:
-        monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)
-    return request.param
-
-
-def test_rms_norm_dispatch(rng, monkeypatch, threads):
-    from minq.models.llama import _rms_norm, rms_norm
-
-    x = rng.standard_normal((2, 77, 576)).astype(np.float32)        # 154 rows
-    gamma = rng.standard_normal(576).astype(np.float32)
-    for jit in (True, False):                                        # NUMBA_DISABLE_JIT=1: the NumPy rms_norm
-        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
-        assert_equal(_rms_norm(x, gamma, 1e-5), rms_norm(x, gamma, 1e-5), name=f"jit={jit}")
-        assert_equal(_rms_norm(x[:, -1:], gamma, 1e-5), rms_norm(x[:, -1:], gamma, 1e-5))  # a strided view
-
-
-@given(st.lists(st.floats(-120, 120, width=32), min_size=1, max_size=300))
-def test_exp_kernel_close_to_numpy(values):
-    """``_exp_`` is ``np.exp`` of its input clamped to [-87, 88], to 4e-7 relative (a few float32 ulps)."""
-    from minq._jit import py_func
-    from minq.models.llama import _exp_
-
-    v = np.array(values, np.float32)
-    want = np.exp(np.clip(v, -87, 88))
-    for kernel in (_exp_, py_func(_exp_)):
-        y = v.copy()
-        kernel(y, np.empty(len(v), np.int32))
-        assert_close(y, want, rtol=4e-7, name=str(kernel))
-
-
-def test_exp_kernel_golden():
-    from minq.models.llama import _exp_
-
-    v = np.array([0.0, 1.0, -1.0, np.log(2.0), 10.0, -20.0, -87.0, 88.0, -1000.0, 1000.0], np.float32)
-    _exp_(v, np.empty(len(v), np.int32))
-    assert v[0] == 1.0 and v[3] == np.float32(2.0)
-    assert_close(v[[1, 2, 4, 5]], np.exp([1.0, -1.0, 10.0, -20.0]), rtol=3e-7)
-    assert v[8] == v[6] and v[9] == v[7] and np.isfinite(v).all()       # clamped, never 0 or inf
-
-
-@given(_rows)
-def test_swiglu_kernel_close_to_numpy(args):
-    from minq._jit import py_func
-    from minq.models.llama import _swiglu, _swiglu_kernel
-
-    N, H, scale, seed = args
-    r = np.random.default_rng(seed)
-    gu = (r.standard_normal((N, 2 * H)) * min(scale, 50.0)).astype(np.float32)
-    with np.errstate(over="ignore"):                                 # exp(-gate) = inf: silu = -0
-        want = _swiglu(gu[:, :H], gu[:, H:])
-    for kernel in (_swiglu_kernel, py_func(_swiglu_kernel)):
-        m = np.empty((N, H), np.float32)
-        kernel(gu, m)
-        assert_close(m, want, rtol=1e-6, atol=1e-30, name=str(kernel))
-
-
-def test_silu_mul_dispatch(rng, monkeypatch, threads):
-    from minq.models.llama import _silu_mul, _swiglu
-
-    gu = (rng.standard_normal((2, 75, 2 * 96)) * 10).astype(np.float32)
-    gu[0, 0, :4] = [-100.0, 100.0, 0.0, -0.0]                         # exp(-gate) overflows / is 1
-    with np.errstate(over="ignore"):
-        want = _swiglu(gu[..., :96], gu[..., 96:])
-    for jit in (True, False):
-        monkeypatch.setattr("minq.models.llama.JIT_ENABLED", jit)
-        with np.errstate(over="ignore"):
-            m = _silu_mul(gu, 96)
-        assert m.shape == (2, 75, 96) and m.dtype == np.float32
-        assert_close(m, want, rtol=1e-6, atol=1e-30, name=f"jit={jit}")
-
-
-@given(st.integers(1, 70), st.integers(0, 70), st.integers(1, 4), st.floats(0.1, 100.0),
-       st.integers(0, 2**32 - 1))
-def test_causal_softmax_kernel_close_to_numpy(t, first, g, scale, seed):
-    """The fused mask + softmax kernel equals the NumPy ``causal_softmax_``; masked keys get exactly 0."""
-    from minq._jit import py_func
-    from minq.models.llama import _causal_softmax_kernel, causal_softmax_
-
-    S = first + t
-    s = (np.random.default_rng(seed).standard_normal((t, g, S)) * scale).astype(np.float32)
-    want = causal_softmax_(s.copy(), first)
-    masked = np.broadcast_to((np.arange(S)[None, :] > first + np.arange(t)[:, None])[:, None], s.shape)
-    assert (want[masked] == 0).all()
-    for kernel in (_causal_softmax_kernel, py_func(_causal_softmax_kernel)):
-        p = s.copy()
-        kernel(p, first)
-        assert_close(p, want, rtol=1e-6, atol=1e-7, name=str(kernel))
-        assert (p[masked] == 0).all()
-        assert_close(p.sum(axis=-1), np.ones((t, g), np.float32), atol=1e-6)
-
-
-def test_forward_without_jit_matches(model, monkeypatch):
-    """NUMBA_DISABLE_JIT=1 runs the NumPy references: the same logits to float32 rounding."""
-    ids = _prompt_ids(model, 24)
-    with_jit = model.logits(ids)
-    monkeypatch.setattr("minq.models.llama.JIT_ENABLED", False)
-    assert_close(model.logits(ids), with_jit, atol=1e-4, name="JIT off vs on")
-
-
-def test_parallel_forward_equals_serial(model, monkeypatch):
-    """The token pieces and attention tiles on threads (BLAS at 1 thread) give the logits of the serial loop."""
-    import minq.models.llama as L
-
-    ids = _prompt_ids(model, 64).reshape(2, 32)
-    tiles, pieces = [], []
-    run = L._parallel_for
-
-    def spy(fn, items, work):
-        if not isinstance(items[0], tuple):                          # row blocks of a kernel or GEMM
-            pass
-        elif isinstance(items[0][0], slice):                         # token pieces (b, r)
-            pieces.append([(b.indices(2), r.indices(32)) for b, r in items])
-        else:                                                        # attention tiles (b, j, t0, t1)
-            tiles.append((items, work))
-        return run(fn, items, work)
-
-    monkeypatch.setattr(L, "_parallel_for", spy)
-    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)                  # threads for every block
-    monkeypatch.setattr(L, "_threads", lambda: 2)
-    threaded = model.logits(ids)
-    assert len(tiles) == 30 and tiles[0] == ([(b, j, 0, 32) for b in range(2) for j in range(3)],
-                                             2 * 9 * 32 * 32 * 64)   # B * n_kv tiles of 32 queries
-    # two stages a block, each on one piece a window: (window b, positions 0..31)
-    assert len(pieces) == 60 and all(p == [((0, 1, 1), (0, 32, 1)), ((1, 2, 1), (0, 32, 1))] for p in pieces)
-    pieces.clear()
-    one = model.logits(ids[:1])                                       # one window: cut in two runs of positions
-    assert all(p == [((0, 1, 1), (0, 16, 1)), ((0, 1, 1), (16, 32, 1))] for p in pieces)
-    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 2**62)              # never
-    assert_close(model.logits(ids), threaded, atol=1e-5, name="serial vs threaded")
-    assert_close(model.logits(ids[:1]), one, atol=1e-5, name="serial vs threaded, one window")
-    assert_close(model.logits(ids[:, :16]), threaded[:, :16], atol=1e-4, name="shorter windows")  # other GEMM shapes
-
-
-def test_hooks_see_whole_inputs_when_threaded(model, monkeypatch):
-    """With threads, a hooked block still runs its token stages as one piece: each hook is called once
-    per forward with all tokens, and the logits are those of the unhooked forward."""
-    import minq.models.llama as L
-
-    monkeypatch.setattr(L, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(L, "_threads", lambda: 2)
-    ids = _prompt_ids(model, 64).reshape(2, 32)
-    seen = []
-    hooks = {n: (lambda name, X: seen.append((name, X.shape))) for n in ("blk.0.attn_q", "blk.5.ffn_down")}
-    assert_close(model.logits(ids, hooks=hooks), model.logits(ids), atol=1e-5, name="hooked vs not")
-    assert seen == [("blk.0.attn_q", (64, 576)), ("blk.5.ffn_down", (64, 1536))]
-
-
-def test_matmul_t_pieces_equal_one_gemm(monkeypatch, rng):
-    """``_matmul_t`` cut by W's rows (wide W) or by X's rows (narrow W) equals ``X @ W.T`` bit for bit."""
-    import minq.models.llama as L
-
-    monkeypatch.setattr(L, "_threads", lambda: 2)
-    for M, N, K in [(512, 3072, 64), (512, 960, 64), (100, 2050, 33), (33, 7, 5), (1, 4096, 16)]:
-        X = rng.standard_normal((M, K)).astype(np.float32)
-        W = rng.standard_normal((N, K)).astype(np.float32)
-        assert np.array_equal(L._matmul_t(X, W), X @ W.T), (M, N, K)
-        Xr = X[:, ::-1]                                                              # a strided X: copied
-        assert np.array_equal(L._matmul_t(Xr, W), np.ascontiguousarray(Xr) @ W.T)
-
-
-def test_parallel_for(monkeypatch):
-    import threading
-
-    from threadpoolctl import threadpool_info
-
-    import minq.models.llama as L
-
-    blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
-    before = blas()
-    seen, inside = [], []
-
-    def fn(item):
-        seen.append(item)
-        inside.append((threading.get_ident(), blas()))
-
-    monkeypatch.setattr(L, "_threads", lambda: 2)
-    L._parallel_for(fn, list(range(40)), work=L.PARALLEL_MIN_WORK)
-    assert sorted(seen) == list(range(40))                          # each item once
-    assert all(b == [1] * len(before) for _, b in inside)           # BLAS pinned to 1 thread inside
-    assert blas() == before                                          # and restored after
-    inside.clear()
-    L._parallel_for(fn, [1, 2, 3], work=L.PARALLEL_MIN_WORK - 1)     # too little work: the caller alone
-    assert {tid for tid, _ in inside} == {threading.get_ident()}
-
-    def boom(item):
-        if item == 7:
-            raise RuntimeError("tile 7")
-
-    with pytest.raises(RuntimeError, match="tile 7"):
-        L._parallel_for(boom, list(range(20)), work=L.PARALLEL_MIN_WORK)
-    assert blas() == before

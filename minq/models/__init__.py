@@ -7,17 +7,21 @@
     enc = minq.models.load_model("minilm")              # all-MiniLM-L6-v2, a float32 BERT encoder
     e = enc.embed(["A sentence.", "Another one."])      # float32 [2, 384], unit L2 norm
 
-``minq.models.llama``: a NumPy Llama forward with pluggable weights (the quantized-weight protocol)
-and an explicit KV cache. ``minq.models.bert``: a NumPy BERT encoder with mean pooling (sentence
-embeddings), with the same pluggable weights.
+``minq.models.llama``: a readable NumPy Llama forward with pluggable weights (the quantized-weight
+protocol, ``minq.models.weights``) and an explicit KV cache (``minq.kvcache``); ``engine="fast"`` (the
+default) runs it on ``minq.runtime``, ``engine="reference"`` as the plain NumPy it reads as.
+``minq.models.bert``: a NumPy BERT encoder with mean pooling (sentence embeddings), with the same
+pluggable weights.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from minq.kvcache import KVCache
 from minq.models.bert import BertConfig, BertEncoder
-from minq.models.llama import DenseWeight, KVCache, LlamaConfig, LlamaModel
+from minq.models.llama import LlamaConfig, LlamaModel
+from minq.models.weights import DenseWeight
 
 __all__ = ["load_model", "LlamaModel", "LlamaConfig", "DenseWeight", "KVCache", "BertEncoder", "BertConfig",
            "MODELS"]

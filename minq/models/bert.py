@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from minq._checks import check_hooks
-from minq.models.llama import DenseWeight, _dense_of
+from minq.models.weights import DenseWeight, _dense_of
 
 __all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
            "l2_normalize", "LINEARS", "MAX_SEQ_LENGTH"]

@@ -1,0 +1,193 @@
+"""The parameters of a Llama: its config, the names and shapes of its linears, GGUF loading, weight swaps.
+
+``minq.models.llama.LlamaModel`` (the forward a learner reads) is a ``LlamaWeights``: this class holds
+what the forward multiplies with and how it got there, none of the math.
+
+- ``config``: a ``LlamaConfig`` (dimensions, RMSNorm eps, RoPE base, context length);
+- ``weights``: ``{"blk.{i}.{linear}": weight object}`` of the quantized-weight protocol
+  (``minq.models.weights``), for the ``LINEARS`` of every block;
+- ``norms``: the RMSNorm gammas ``{"blk.{i}.attn_norm" | "blk.{i}.ffn_norm" | "output_norm": [d]}``;
+- ``embedding [vocab, d]`` (also the output head unless ``output [vocab, d]`` is given), ``tokenizer``.
+
+Each weight is dequantized once, when the model is built, into ``_W``: one float32 array per group of
+``GROUPS`` (the linears that read one input, row-stacked: ``[Wq; Wk; Wv]``, ``[Wgate; Wup]``), so each
+group is one GEMM. ``with_weights`` / ``with_norms`` return a new model sharing everything unchanged —
+a quantized model is the same model with other weight objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minq.models.weights import DenseWeight, _dense_of, _stack_rows
+
+__all__ = ["LlamaConfig", "LlamaWeights", "LINEARS", "GROUPS"]
+
+# The linears of one block, in the order the forward uses them.
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# The same linears grouped by the input they read: each group is one GEMM on its row-stacked weights.
+GROUPS = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    dim: int              # d, hidden size
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_dim: int       # MLP width
+    norm_eps: float
+    rope_theta: float
+    context_length: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_gguf_metadata(cls, md: dict) -> LlamaConfig:
+        a = md["general.architecture"]
+        n_heads = int(md[f"{a}.attention.head_count"])
+        tokens = md.get("tokenizer.ggml.tokens")
+        return cls(
+            vocab_size=int(md.get(f"{a}.vocab_size", len(tokens) if tokens is not None else 0)),
+            dim=int(md[f"{a}.embedding_length"]),
+            n_layers=int(md[f"{a}.block_count"]),
+            n_heads=n_heads,
+            n_kv_heads=int(md.get(f"{a}.attention.head_count_kv", n_heads)),
+            hidden_dim=int(md[f"{a}.feed_forward_length"]),
+            norm_eps=float(md[f"{a}.attention.layer_norm_rms_epsilon"]),
+            rope_theta=float(md.get(f"{a}.rope.freq_base", 10000.0)),
+            context_length=int(md[f"{a}.context_length"]),
+        )
+
+
+def _linear_shape(c: LlamaConfig, linear: str) -> tuple:
+    """``(out, in)`` of the linear ``linear`` (``attn_q``, ..., ``ffn_down``) of a block."""
+    kv = c.n_kv_heads * c.head_dim
+    return {"attn_q": (c.dim, c.dim), "attn_k": (kv, c.dim), "attn_v": (kv, c.dim),
+            "attn_output": (c.dim, c.dim), "ffn_gate": (c.hidden_dim, c.dim),
+            "ffn_up": (c.hidden_dim, c.dim), "ffn_down": (c.dim, c.hidden_dim)}[linear]
+
+
+class LlamaWeights:
+    """The parameters of a Llama decoder (the base of ``minq.models.llama.LlamaModel``).
+
+    weights: {"blk.{i}.{linear}": quantized-weight object} for every linear of ``LINEARS``;
+    norms:   {"blk.{i}.attn_norm" | "blk.{i}.ffn_norm" | "output_norm": float32 [d]};
+    embedding: float32 [vocab, d] (also the output head unless ``output`` [vocab, d] is given).
+    """
+
+    def __init__(self, config: LlamaConfig, weights: dict, norms: dict, embedding, *, output=None,
+                 tokenizer=None, _stacked=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.norms = norms
+        self.embedding = embedding
+        self.output = output
+        names = self.linear_names()
+        if set(weights) != set(names):
+            raise ValueError(f"weights must hold exactly the linears {names[:7]}...; missing "
+                             f"{sorted(set(names) - set(weights))[:5]}, unknown {sorted(set(weights) - set(names))[:5]}")
+        self.weights = dict(weights)
+        # {(name, ...): float32 [sum of out, in]}: the dense weights of each group of GROUPS, row-stacked.
+        # Each weight is dequantized once, here; groups of an unchanged model are shared (with_weights).
+        self._W = dict(_stacked or {})
+        for i in range(config.n_layers):
+            for group in GROUPS:
+                key = tuple(f"blk.{i}.{n}" for n in group)
+                if key not in self._W:
+                    self._W[key] = _stack_rows([_dense_of(self.weights[n], n, self._expected_shape(n))
+                                                for n in key])
+
+    # --- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_gguf(cls, path, *, progress: bool = True) -> LlamaWeights:
+        """Load a Llama-architecture GGUF (any type gguf-py dequantizes) as a float32 model."""
+        from minq.gguf import read_gguf
+        from minq.tokenizer import Tokenizer
+
+        g = read_gguf(path, progress=progress)
+        cfg = LlamaConfig.from_gguf_metadata(g.metadata)
+        t = g.tensors
+        try:
+            weights = {}
+            for i in range(cfg.n_layers):
+                for group in GROUPS:  # one row-stacked array per group; the weights are views of it
+                    parts = [t.pop(f"blk.{i}.{n}.weight") for n in group]
+                    for n, P in zip(group, parts):
+                        if P.shape != _linear_shape(cfg, n):
+                            raise ValueError(f"{path}: tensor 'blk.{i}.{n}.weight' has shape {P.shape}, "
+                                             f"expected {_linear_shape(cfg, n)}")
+                    W = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+                    W.setflags(write=False)
+                    rows = np.cumsum([0] + [len(P) for P in parts])
+                    for n, a, b in zip(group, rows, rows[1:]):
+                        weights[f"blk.{i}.{n}"] = DenseWeight(W[a:b], copy=False)
+            norms = {f"blk.{i}.{n}": t.pop(f"blk.{i}.{n}.weight")
+                     for i in range(cfg.n_layers) for n in ("attn_norm", "ffn_norm")}
+            norms["output_norm"] = t.pop("output_norm.weight")
+            embedding = t.pop("token_embd.weight")                                 # [vocab, d]
+        except KeyError as e:
+            raise ValueError(f"{path}: tensor {e.args[0]!r} missing: not a complete Llama checkpoint") from e
+        output = t.pop("output.weight", None)                                      # untied head, if any
+        tok = Tokenizer.from_gguf_metadata(g.metadata)
+        return cls(cfg, weights, norms, embedding, output=output, tokenizer=tok)
+
+    def linear_names(self) -> list[str]:
+        """Names of every linear weight, block by block: ``blk.0.attn_q``, ..., ``blk.{L-1}.ffn_down``."""
+        return [f"blk.{i}.{n}" for i in range(self.config.n_layers) for n in LINEARS]
+
+    def block_linear_names(self, i: int) -> list[str]:
+        """Names of the linears of block ``i``, in forward order: ``blk.{i}.attn_q``, ..., ``blk.{i}.ffn_down``."""
+        self._check_block(i)
+        return [f"blk.{i}.{n}" for n in LINEARS]
+
+    def _expected_shape(self, name: str) -> tuple:
+        return _linear_shape(self.config, name.split(".")[-1])
+
+    def with_weights(self, new: dict) -> LlamaWeights:
+        """A new model (of ``self``'s class) whose weights ``new`` ({name: weight object}) replace the named ones; the others,
+        the norms, the embedding and the tokenizer are shared. ``self`` is left unchanged.
+
+        Raises ValueError naming unknown names or a weight whose ``shape`` does not match.
+        """
+        unknown = sorted(set(new) - set(self.weights))
+        if unknown:
+            raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
+        unchanged = {key: W for key, W in self._W.items() if not set(key) & set(new)}
+        return type(self)(self.config, {**self.weights, **new}, self.norms, self.embedding,
+                          output=self.output, tokenizer=self.tokenizer, _stacked=unchanged)
+
+    def with_norms(self, new: dict) -> LlamaWeights:
+        """A new model whose RMSNorm gammas ``new`` ({name: float32 [d]}, names of ``model.norms``) replace
+        the named ones; everything else is shared. ``self`` is left unchanged (SmoothQuant folds its
+        scales into the gammas with it).
+
+        Raises ValueError naming unknown norm names, a gamma of the wrong shape or a non-finite one.
+        """
+        unknown = sorted(set(new) - set(self.norms))
+        if unknown:
+            raise ValueError(f"unknown norm names {unknown[:5]}; see model.norms")
+        norms = dict(self.norms)
+        for name, g in new.items():
+            g = np.array(g, dtype=np.float32)
+            if g.shape != (self.config.dim,) or not np.isfinite(g).all():
+                raise ValueError(f"norm {name!r} must be a finite float32 [{self.config.dim}], got shape {g.shape}")
+            g.setflags(write=False)
+            norms[name] = g
+        return type(self)(self.config, self.weights, norms, self.embedding, output=self.output,
+                          tokenizer=self.tokenizer, _stacked=self._W)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the linear weights as stored by their weight objects."""
+        return sum(w.nbytes for w in self.weights.values())
+
+    def _check_block(self, i):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.config.n_layers:
+            raise ValueError(f"block index i must be an int in [0, {self.config.n_layers}), got {i!r}")

@@ -1,0 +1,16 @@
+"""The fast runtime: what makes minq's readable models run fast, and what a learner can skip.
+
+The readable models (``minq.models``) are plain NumPy, written to be read and stepped through. This
+package runs the same math fast on a few CPU cores, in the reference-plus-kernels layout of llm.c:
+every piece here names the reference function it equals, and a test proves it.
+
+- ``minq.runtime.parallel``: one pool of Python threads, BLAS pinned to one thread while it runs
+  (threadpoolctl), the threaded GEMM ``_matmul_t``, and the rules for when threads pay off.
+- ``minq.runtime.kernels``: the Numba kernels of the elementwise work (RMSNorm, RoPE, SwiGLU, exp,
+  the causal softmax), each equal to its reference in ``minq.models.llama``.
+- ``minq.runtime.llama_fast``: the Llama block and head on fused layouts, token pieces and query
+  tiles — ``LlamaModel.logits(ids, engine="fast")``, the default.
+
+Numba is optional: with ``NUMBA_DISABLE_JIT=1`` (or without Numba) the kernels' dispatchers run the
+NumPy references, and the runtime still threads its GEMMs.
+"""
