@@ -92,7 +92,7 @@ def bench_layer(repeat, tokens):
 
 def bench_model(windows):
     import minq
-    from minq.awq import awq_model
+    from minq.awq_model import awq_model
     from minq.data import calibration_tokens, eval_tokens
     from minq.eval import perplexity
 

@@ -6,8 +6,8 @@ The layer of gptq_awq.md §5.1: ``W [1536, 576]`` and the llm-like calibration i
 Baseline (``paper_gptq`` below): Algorithm 1 of Frantar et al. (2023) transcribed line by line in
 NumPy float32 — ``H^-1`` by ``np.linalg.inv`` and its upper Cholesky factor, a per-column loop with
 the rank-1 update inside each block of 128 and one GEMM per block — with the reference's min-max
-asymmetric quantizer. Also timed: minq's readable loop (``impl="numpy"``), the Numba path (the
-default), and the torch path on CPU. Each is best of ``--repeat`` runs after a warm-up (Numba
+asymmetric quantizer. Also timed: minq's readable loop (``gptq_quantize_reference``), the Numba path
+(``gptq_quantize``), and the torch path on CPU. Each is best of ``--repeat`` runs after a warm-up (Numba
 compiles on the first call); the ratios are measured in the same run, so a loaded machine slows
 both sides alike. The reference code on torch CPU took 1.5-3.5 s on this machine class (§5.2).
 Also printed: the relative output error of each, so that speed is not bought with quality; and the
@@ -25,7 +25,13 @@ import time
 
 import numpy as np
 
-from minq.gptq import Hessian, _single_threaded_lapack, gptq_quantize, inverse_cholesky
+from minq.gptq import (
+    Hessian,
+    _single_threaded_lapack,
+    gptq_quantize,
+    gptq_quantize_reference,
+    inverse_cholesky,
+)
 from minq.testing import llm_like_layer
 
 
@@ -107,8 +113,8 @@ def main(argv=None):
         return float((((W - W_hat).astype(np.float64) @ Xc.T) ** 2).sum() / (ref ** 2).sum())
 
     rows = [("paper Algorithm 1, plain NumPy (baseline)", lambda: paper_gptq(W, H)),
-            ("minq impl='numba' (default)", lambda: gptq_quantize(W, H, bits=4).dequantize()),
-            ("minq impl='numpy' (readable)", lambda: gptq_quantize(W, H, bits=4, impl="numpy").dequantize())]
+            ("minq gptq_quantize (Numba)", lambda: gptq_quantize(W, H, bits=4).dequantize()),
+            ("minq gptq_quantize_reference (readable)", lambda: gptq_quantize_reference(W, H, bits=4).dequantize())]
     try:
         import torch
 

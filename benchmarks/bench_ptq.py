@@ -128,8 +128,11 @@ def main(argv=None) -> int:
 
 
 def bench_mse(model, a) -> int:
+    from unittest import mock
+
     import numpy as np
 
+    from minq import observers
     from minq.groups import quantize_groups
     from minq.ptq import quantize_weight_observed
 
@@ -138,8 +141,10 @@ def bench_mse(model, a) -> int:
     n_w = sum(W.size for W in Ws)
     L = model.config.n_layers
     for bits in (4, 3):
-        def run(impl, bits=bits):
-            return [quantize_weight_observed(W, bits=bits, group_size=64, observer="mse", impl=impl) for W in Ws]
+        def run(impl, bits=bits):                       # "numpy": the observers' search is the readable reference
+            search = observers.mse_search_reference if impl == "numpy" else observers.mse_search
+            with mock.patch.object(observers, "mse_search", search):
+                return [quantize_weight_observed(W, bits=bits, group_size=64, observer="mse") for W in Ws]
 
         def rtn(bits=bits):
             return [quantize_groups(W, bits=bits, group_size=64) for W in Ws]

@@ -2,7 +2,9 @@
 
 Bad input gets a clear error that names the parameter, never silent garbage:
 TypeError for a wrong type or dtype, ValueError for a wrong value (NaN/Inf, empty, shape, range).
-Works on NumPy arrays and torch tensors alike.
+Works on NumPy arrays and torch tensors alike. Also here, because every integer method needs them:
+``check_int`` (one integer check), ``check_group_size`` (the ``group_size`` descriptor of DESIGN.md §2)
+and ``ragged_layout`` (how a ragged last group is stored).
 """
 
 from __future__ import annotations
@@ -67,13 +69,60 @@ def check_uint_array(q, name: str, *, allow_empty=False):
     return q
 
 
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """Check that ``value`` is an integer (not a bool) in ``[lo, hi]`` (either bound may be None); returns
+    it as an ``int``. TypeError for a non-integer, ValueError outside the bounds, each naming ``name``."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        want = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be {want}, got {value}")
+    return int(value)
+
+
 def check_bits(bits, name: str = "bits", lo: int = 1, hi: int = 8) -> int:
     """Check that ``bits`` is an integer in [lo, hi]."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(bits).__name__}")
-    if not lo <= int(bits) <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, got {bits}")
-    return int(bits)
+    return check_int(bits, name, lo, hi)
+
+
+def check_group_size(group_size, n_in: int, *, ragged: bool = False) -> int:
+    """The group width ``g`` of the granularity descriptor ``group_size`` (DESIGN.md §2) for ``n_in`` inputs.
+
+    ``None`` or 0: per tensor, -1: per channel (row) — both give ``g = n_in``; ``g > 0``: groups of ``g``
+    inputs, which must divide ``n_in``, or (``ragged=True``) be at most ``n_in``, the last group holding
+    the ``n_in mod g`` inputs that remain (stored as ``ragged_layout`` says). Raises ValueError naming
+    ``group_size`` for anything else (a bool, a float, a string, -2, ...).
+    """
+    if group_size is not None and (not is_int(group_size) or group_size < -1):
+        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
+    if group_size is None or group_size in (0, -1):
+        return int(n_in)
+    if ragged and group_size > n_in:
+        raise ValueError(f"group_size={group_size} is larger than the input dimension {n_in}")
+    if not ragged and n_in % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the input dimension {n_in} "
+                         f"(a ragged last group only where asked for: ragged=True)")
+    return int(group_size)
+
+
+def ragged_layout(g: int, n_in: int) -> tuple[int, list[int]]:
+    """How groups of ``g`` inputs (the last one ragged: ``n_in mod g``) are stored: ``(gs, reps)``.
+
+    The grouped container keeps one width for all groups, ``gs = gcd(g, n_in)``; group ``j`` of the
+    ragged layout spans ``reps[j]`` stored groups of that width, each holding a copy of the group's
+    parameters (``[g // gs] * (n_in // g)``, then ``(n_in mod g) // gs``). SmolLM2's 576 inputs in groups
+    of 128: ``gs = 64``, ``reps = [2, 2, 2, 2, 1]``. A ``g`` that divides ``n_in`` gives ``(g, [1, ...])``.
+    """
+    from math import gcd
+
+    gs = gcd(g, n_in)
+    k, tail = divmod(n_in, g)
+    return gs, [g // gs] * k + ([tail // gs] if tail else [])
 
 
 def check_choice(value, name: str, choices):

@@ -30,27 +30,25 @@ quantizer is chapter 03's ``quantize_groups`` (asymmetric integer zero point, ra
 float16 scales) — so a group whose values share one sign keeps its spread, where the reference's
 quantizer collapses ``[0.5, 0.6, 0.8, 1.0]`` to ``[0.5, 0.5, 0.5, 0.5]``.
 
-Single layer: ``awq_quantize(W, X, bits=4, group_size=64)`` (NumPy or torch). Whole Llama model
-(which layers share a scale, what each scale search measures): ``awq_model``, schemes ``awq-w{b}g{g}``.
+Single layer (this module): ``awq_quantize(W, X, bits=4, group_size=64)`` (NumPy or torch). Whole
+Llama model (which layers share a scale, what each scale search measures; the ``awq-w{b}g{g}``
+schemes): ``minq.awq_model`` (``awq_model`` and ``awq_block`` are importable from here too).
 Notebook: ``notebooks/07_awq.ipynb``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from minq import affine, registry
+from minq import affine
 from minq._backend import is_torch
-from minq._checks import check_bits, check_float_array
-from minq.folding import fold_scales
-from minq.groups import GroupedAffine, quantize_groups, resolve_group_size
+from minq._checks import check_bits, check_float_array, check_group_size
+from minq.groups import GroupedAffine, quantize_groups
 
 __all__ = ["ALPHAS", "SHRINKS", "AWQWeight", "act_mean", "awq_scales", "fake_quantize_groups", "scaled_fake_quantize",
-           "search_scale", "awq_block", "awq_model",
-           "search_clip", "clip_weight", "awq_quantize", "output_error"]
+           "search_scale", "search_clip", "clip_weight", "awq_quantize", "output_error"]
 
 ALPHAS = tuple(i / 20 for i in range(20))          # 0, 0.05, ..., 0.95 (alpha = 1 is never tried)
 SHRINKS = tuple(1 - i / 20 for i in range(10))     # 1.00, 0.95, ..., 0.55
@@ -97,7 +95,7 @@ def fake_quantize_groups(W, *, bits: int, group_size, scale_dtype: str = "float3
     """``quantize_groups(W, ...).dequantize()`` without building the packed container (the searches
     call it hundreds of times): chapter 02's ``choose_qparams`` + ``fake_quantize`` on ``group(W)``."""
     out, n_in = W.shape
-    g = resolve_group_size(group_size, n_in)
+    g = check_group_size(group_size, n_in)
     Wg = W.reshape(out, n_in // g, g)                                         # [out, G, g]
     qp = affine.choose_qparams(Wg, bits=bits, axis=-1, scale_dtype=scale_dtype)
     return affine.fake_quantize(Wg, qp).reshape(out, n_in)
@@ -110,7 +108,8 @@ def scaled_fake_quantize(W, s, *, bits: int, group_size, scale_dtype: str = "flo
 
 
 def output_error(dW, H, n_tokens: int) -> float:
-    """``mean over tokens and outputs of (X dW^T)^2 = tr(dW H dW^T) / (tokens * out)``, ``H = X^T X``."""
+    """``mean over tokens and outputs of (X dW^T)^2 = tr(dW H dW^T) / (tokens * out)``, ``H = X^T X``
+    (``minq.calibration.Hessian``: ``.H`` and ``.n``)."""
     return float(((dW @ H) * dW).sum()) / (n_tokens * dW.shape[0])
 
 
@@ -150,7 +149,7 @@ def search_clip(W, H, *, bits: int, group_size, shrinks=SHRINKS, scale_dtype: st
         raise ValueError(f"H must be [{W.shape[1]}, {W.shape[1]}] (W's input width squared), got {tuple(H.shape)}")
     shrinks = _check_shrinks(shrinks)
     out, n_in = W.shape
-    g = resolve_group_size(group_size, n_in)
+    g = check_group_size(group_size, n_in)
     G = n_in // g
     Wg = W.reshape(out, G, g)                                                 # [out, G, g]
     amax = abs(Wg).amax(-1, keepdim=True) if is_torch(W) else np.abs(Wg).max(-1, keepdims=True)  # [out, G, 1]
@@ -196,7 +195,7 @@ def awq_quantize(W, X, *, bits: int, group_size, alphas=ALPHAS, clip: bool = Tru
         raise ValueError(f"X must be [tokens, {W.shape[1]}] (W's input width), got {tuple(X.shape)}")
     bits = check_bits(bits)
     out, n_in = W.shape
-    resolve_group_size(group_size, n_in)
+    check_group_size(group_size, n_in)
     shrinks = _check_shrinks(shrinks)
     W, X = _f32(W), _f32(X)
     H = X.T @ X                                                              # [in, in]
@@ -258,221 +257,10 @@ def _where(cond, a, b):
     return np.where(cond, a, b)
 
 
-# --- a whole Llama model ------------------------------------------------------------------------------
+def __getattr__(name):
+    """``awq_model`` and ``awq_block`` live in ``minq.awq_model`` (the model level); importable from here."""
+    if name in ("awq_model", "awq_block"):
+        import minq.awq_model
 
-# Which linears share a scale, what absorbs 1/s (minq.folding.TARGETS) and what the search measures:
-#   "qkv"      attn_q, attn_k, attn_v   <- attn_norm    loss: attention output (after attn_output, float)
-#   "o"        attn_output              <- attn_v rows  loss: attn_output's output; only without GQA
-#   "gate_up"  ffn_gate, ffn_up         <- ffn_norm     loss: MLP output (after ffn_down, float)
-#   "down"     ffn_down                 <- ffn_up rows  loss: ffn_down's output
-# Clipping skips attn_q and attn_k (their errors pass through softmax; the reference skips them too).
-NO_CLIP = ("attn_q", "attn_k")
-AWQ_SAMPLES = 32          # calibration windows the awq-* schemes use (of the 128 minq.quantize gives)
-SEARCH_WINDOWS = 4        # windows on which the searches measure output errors (x_bar: all windows)
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a block's forward once the input it wanted is seen."""
-
-
-def _attention_context(model, i, x):
-    """The input of ``blk.i.attn_output`` (the attention context, ``[tokens, d]``) for block input ``x``."""
-    name = f"blk.{i}.attn_output"
-    box = {}
-
-    def stop(_, X):
-        box["X"] = X
-        raise _Stop
-
-    try:
-        model.run_block(i, x, hooks={name: stop})
-    except _Stop:
-        pass
-    return box["X"]
-
-
-def _mlp(X, W_gate, W_up, W_down):
-    """``ffn_down(silu(ffn_gate(X)) * ffn_up(X))`` for ``X [tokens, d]``."""
-    g, u = X @ W_gate.T, X @ W_up.T
-    return (g / (1.0 + np.exp(-g)) * u) @ W_down.T
-
-
-class _Stats:
-    """One linear input over calibration batches: ``sum |x|`` over all tokens (for ``x_bar``), and
-    ``H = X^T X`` over the first ``max_tokens`` of them (the search tokens)."""
-
-    def __init__(self, n_in, max_tokens):
-        self.abs_sum = np.zeros(n_in, np.float64)
-        self.H = np.zeros((n_in, n_in), np.float32)
-        self.n = self.n_H = 0
-        self.max_tokens = max_tokens
-
-    def add(self, X):
-        self.abs_sum += np.abs(X).sum(0, dtype=np.float64)
-        self.n += X.shape[0]
-        Xh = X[: self.max_tokens - self.n_H]
-        if len(Xh):
-            self.H += Xh.T @ Xh
-            self.n_H += len(Xh)
-
-    @property
-    def x_bar(self):
-        return (self.abs_sum / self.n).astype(np.float32)
-
-
-def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool = True, shrinks=SHRINKS,
-              scale_dtype: str = "float16", search_windows: int = SEARCH_WINDOWS, batch_size: int = 8):
-    """AWQ on block ``i`` of a Llama ``model`` for its float inputs ``x [n, T, d]``.
-
-    Returns ``(W, norms, y, info)``: ``W`` ``{name: float32 [out, in]}`` the block's weights with the
-    scales folded in (and clipped), not yet quantized; ``norms`` ``{name: gamma [d]}`` its RMSNorm
-    gammas divided by the scales; ``y [n, T, d]`` the block's float outputs (the next block's inputs);
-    ``info`` ``{target: (alpha, losses)}``.
-    """
-    from minq.models.llama import DenseWeight
-
-    c = model.config
-    p = f"blk.{i}."
-    first = {"qkv": "attn_q", "o": "attn_output", "gate_up": "ffn_gate", "down": "ffn_down"}
-    n_search = search_windows * x.shape[1]                                        # search tokens
-    stats = {t: _Stats(model.weights[p + n].shape[1], n_search) for t, n in first.items()}
-    kept = {"o": [], "gate_up": []}           # the first n_search tokens of these inputs, for the searches
-
-    def hook(name, X):
-        t = next(t for t, n in first.items() if name == p + n)
-        stats[t].add(X)
-        if t in kept and sum(len(a) for a in kept[t]) < n_search:
-            kept[t].append(np.array(X))
-
-    y = np.concatenate([model.run_block(i, x[a:a + batch_size], hooks={p + n: hook for n in first.values()})
-                        for a in range(0, len(x), batch_size)])                  # [n, T, d]
-    W = {n: np.array(model.weights[p + n].dequantize(), np.float32) for n in
-         ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
-    xs = x[:search_windows]
-    ctx_fp = np.concatenate(kept["o"])[:n_search]               # float attention context of xs [tokens, d]
-    X_gu = np.concatenate(kept["gate_up"])[:n_search]
-    y_mlp = _mlp(X_gu, W["ffn_gate"], W["ffn_up"], W["ffn_down"])
-
-    def loss_qkv(W_hat):
-        rows = np.cumsum([0, len(W["attn_q"]), len(W["attn_k"])])
-        trial = model.with_weights({p + n: DenseWeight(W_hat[a:b], copy=False) for n, a, b in
-                                    zip(("attn_q", "attn_k", "attn_v"), rows, list(rows[1:]) + [len(W_hat)])})
-        d = (_attention_context(trial, i, xs) - ctx_fp) @ W["attn_output"].T
-        return float(np.mean(np.square(d, dtype=np.float64)))
-
-    def loss_gate_up(W_hat):
-        h = len(W["ffn_gate"])
-        d = _mlp(X_gu, W_hat[:h], W_hat[h:], W["ffn_down"]) - y_mlp
-        return float(np.mean(np.square(d, dtype=np.float64)))
-
-    def loss_linear(W0, st):
-        return lambda W_hat: output_error(W_hat - W0, st.H, st.n_H)
-
-    searches = {
-        "qkv": (np.concatenate([W["attn_q"], W["attn_k"], W["attn_v"]]), loss_qkv),
-        "gate_up": (np.concatenate([W["ffn_gate"], W["ffn_up"]]), loss_gate_up),
-        "down": (W["ffn_down"], loss_linear(W["ffn_down"], stats["down"])),
-    }
-    if c.n_kv_heads == c.n_heads:            # v -> o only without GQA (the reference's shape check)
-        searches["o"] = (W["attn_output"], loss_linear(W["attn_output"], stats["o"]))
-    s_in, info = {}, {}
-    for t, (Wt, loss) in searches.items():
-        s_in[t], alpha, losses = search_scale(stats[t].x_bar, Wt, loss, bits=bits, group_size=group_size,
-                                              alphas=alphas, scale_dtype=scale_dtype)
-        info[t] = (alpha, losses)
-    folded = fold_scales(model, {p + t: s for t, s in s_in.items()})   # this block's scales folded in
-    W = {n: np.array(folded.weights[p + n].dequantize(), np.float32) for n in W}
-    norms = {p + n: folded.norms[p + n] for n in ("attn_norm", "ffn_norm")}
-    if clip:
-        inputs = {"attn_q": "qkv", "attn_k": "qkv", "attn_v": "qkv", "attn_output": "o", "ffn_gate": "gate_up",
-                  "ffn_up": "gate_up", "ffn_down": "down"}
-        for n, t in inputs.items():
-            if n in NO_CLIP:
-                continue
-            H = stats[t].H
-            if t in s_in:
-                H = H / (s_in[t][:, None] * s_in[t][None, :])                    # inputs X diag(s)^-1
-            max_val, _ = search_clip(W[n], H, bits=bits, group_size=group_size, shrinks=shrinks,
-                                     scale_dtype=scale_dtype)
-            W[n] = clip_weight(W[n], max_val, group_size)
-    return {p + n: Wn for n, Wn in W.items()}, norms, y, info
-
-
-def awq_model(model, calibration, *, bits: int, group_size, alphas=ALPHAS, clip: bool = True, shrinks=SHRINKS,
-              scale_dtype: str = "float16", quantize: bool = True, search_windows: int = SEARCH_WINDOWS, batch_size: int = 8,
-              blocks=None, progress: bool = True, stats: dict | None = None):
-    """A new model: AWQ scales folded into the norms and linears, weights clipped and quantized.
-
-    calibration: int token ids ``[n_samples, seq_len]``. Block ``i``'s inputs come from the *float*
-    blocks before it (as in the reference: the scaled float model equals the float model). ``x_bar``
-    is measured on every calibration token; the searches score their candidates on the first
-    ``search_windows`` windows (the reference's clip search samples 512 tokens; its scale search uses
-    all of them — minq trades that for speed, and AWQ's few parameters need few tokens).
-    quantize=False returns the scaled (and clipped) float model, for GPTQ to quantize (``awq+gptq``).
-    blocks: the block indices to process (default all; the others keep their float weights).
-    ``stats`` receives ``{"seconds", "tokens", "layers": [{target: (alpha, losses)}]}``.
-    """
-    from tqdm.auto import tqdm
-
-    from minq.gptq_model import _check_calibration
-    from minq.models.llama import DenseWeight, LlamaModel
-
-    if not isinstance(model, LlamaModel):
-        raise TypeError(f"awq_model needs a Llama model (minq.load_model('smollm2')), got {type(model).__name__}")
-    ids = _check_calibration(calibration)
-    bits = check_bits(bits)
-    resolve_group_size(group_size, model.config.dim)
-    resolve_group_size(group_size, model.config.hidden_dim)
-    n_layers = model.config.n_layers
-    blocks = list(range(n_layers)) if blocks is None else sorted(set(int(b) for b in blocks))
-    if not blocks or not all(0 <= b < n_layers for b in blocks):
-        raise ValueError(f"blocks must be a non-empty list of block indices in [0, {n_layers}), got {blocks!r}")
-    t0 = time.perf_counter()
-    x = model.embed(ids)                                                          # [n, T, d]
-    norms, weights, layers = {}, {}, []
-    for i in tqdm(range(blocks[-1] + 1), desc=f"AWQ w{bits}", unit="layer", disable=not progress):
-        if i not in blocks:
-            x = np.concatenate([model.run_block(i, x[a:a + batch_size]) for a in range(0, len(x), batch_size)])
-            continue
-        W, g, x, info = awq_block(model, i, x, bits=bits, group_size=group_size, alphas=alphas, clip=clip,
-                                  shrinks=shrinks, scale_dtype=scale_dtype, search_windows=search_windows,
-                                  batch_size=batch_size)
-        norms.update(g)
-        weights.update({n: quantize_groups(Wn, bits=bits, group_size=group_size, scale_dtype=scale_dtype)
-                        if quantize else DenseWeight(Wn) for n, Wn in W.items()})
-        layers.append(info)
-    # the folded gammas, and the weights that already hold the scales (producer rows / s, columns * s)
-    new = model.with_norms(norms).with_weights(weights)
-    if stats is not None:
-        stats.update(seconds=time.perf_counter() - t0, tokens=int(ids.size), layers=layers)
-    return new
-
-
-# --- the awq-* schemes ------------------------------------------------------------------------------
-
-def _awq(m) -> registry.Scheme:
-    bits, group = int(m["bits"]), int(m["group"])
-    if not 2 <= bits <= 8:
-        raise ValueError(f"scheme {m.string!r}: bits must be in 2..8")
-    if group <= 0:
-        raise ValueError(f"scheme {m.string!r}: group size must be > 0")
-    gptq = m["gptq"] is not None
-
-    def quantize_model(model, calibration, progress=True):
-        cal = None if calibration is None else calibration[:AWQ_SAMPLES]
-        if not gptq:
-            return awq_model(model, cal, bits=bits, group_size=group, progress=progress)
-        from minq.gptq_model import gptq_model
-
-        scaled = awq_model(model, cal, bits=bits, group_size=group, clip=False, quantize=False, progress=progress)
-        return gptq_model(scaled, calibration, bits=bits, group_size=group, progress=progress)
-
-    desc = (f"AWQ {bits}-bit, groups of {group}, asymmetric: activation-aware scales + clipping"
-            if not gptq else f"AWQ scales, then GPTQ {bits}-bit, groups of {group}, asymmetric")
-    return registry.Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=True)
-
-
-registry.register_family(r"awq(?P<gptq>\+gptq)?-w(?P<bits>\d+)g(?P<group>\d+)", _awq, "awq[+gptq]-w{bits}g{group}")
-
-# The AWQ schemes of chapter 07's table (the default `minq report` runs them).
-SCHEMES = ["awq-w4g64", "awq-w3g64"]
+        return getattr(minq.awq_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,9 +2,13 @@
 
 A linear layer ``y = W x`` sees calibration inputs ``X [tokens, in]``. GPTQ (Frantar et al., "GPTQ:
 Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023) minimises
-the layer's output error, row by row, with the Hessian of that squared error:
+the layer's output error, row by row, a quadratic form in ``dW = W - W_hat``:
 
-    || (W - W_hat) X^T ||^2_F = tr(dW H dW^T) / 2      H = (2/n) sum_tokens x x^T    [in, in]
+    || (W - W_hat) X^T ||^2_F = tr(dW H dW^T)      H = X^T X = sum_tokens x x^T    [in, in]
+
+(``minq.calibration.Hessian`` accumulates it. The paper's Hessian of the error is ``2 H``, the
+reference's ``H`` the mean ``2 X^T X / sequences``: a positive factor, which leaves GPTQ's result
+unchanged because its damping is relative to ``mean(diag H)``.)
 
 It is OBQ (Optimal Brain Quantization) made fast. OBQ quantizes one weight ``w_j`` of a row and
 moves the remaining weights by the optimal compensation ``-(w_j - q_j) / [H^-1]_jj * H^-1[j, :]``,
@@ -18,8 +22,9 @@ then removes ``j`` from ``H^-1``. GPTQ's three tricks:
    the block in one GEMM ``W[:, i2:] -= Err @ U[i1:i2, i2:]``; inside the block, rank-1 updates.
 
 The column loop (``err = (w_j - q_j) / U_jj;  W[:, k] -= err * U[j, k]  for k > j``) is written
-readably in NumPy (``impl="numpy"``), as a Numba kernel parallel over rows (``impl="numba"``, the
-default; tests prove the two equal bit for bit), and in torch for torch tensors (any device).
+readably in NumPy (``gptq_quantize_reference``), as a Numba kernel parallel over rows
+(``gptq_quantize`` on NumPy arrays; tests prove the two equal bit for bit), and in torch
+(``gptq_quantize`` on torch tensors, any device).
 
 Faithful to the reference code (IST-DASLab/gptq ``fasterquant``): dead inputs (``diag(H) == 0`` ->
 ``H_ii = 1``, ``W[:, i] = 0``), damping ``lambda = damp * mean(diag(H))`` added after act-order,
@@ -35,8 +40,10 @@ columns are zeroed; the inverse factor is computed in float64, the loop in float
 failure raises ValueError (raise ``damp``) rather than silently changing the damping.
 
 Exact properties (tests/test_gptq.py): a diagonal H gives exactly RTN; ``4 H`` gives identical
-codes; the per-column losses ``(w_j - q_j)^2 / (2 U_jj^2)`` sum to ``tr(dW (H + lambda I) dW^T) / 2``;
-dead inputs give zero columns; the blocked loop equals the unblocked one per channel.
+codes (any power of 4: every float operation scales exactly; another factor changes codes only
+through float rounding, tests/test_calibration.py); the per-column losses ``(w_j - q_j)^2 / U_jj^2`` sum to ``tr(dW (H + lambda I)
+dW^T)``, the output error on the calibration tokens plus the damping term; dead inputs give zero
+columns; the blocked loop equals the unblocked one per channel.
 
 Notebook: ``notebooks/06_gptq.ipynb``. Model level (sequential over decoder blocks, the ``gptq-*``
 schemes): ``minq.gptq_model``.
@@ -45,58 +52,26 @@ schemes): ``minq.gptq_model``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from math import gcd
 
 import numpy as np
 
 from minq import affine
 from minq._backend import is_torch
-from minq._checks import check_bits, check_choice, check_float_array
+from minq._checks import (
+    check_bits,
+    check_choice,
+    check_float_array,
+    check_group_size,
+    check_int,
+    ragged_layout,
+)
 from minq._jit import njit, prange
+from minq.calibration import Hessian  # chapter 06's X^T X accumulator, shared with AWQ
 from minq.groups import GroupedAffine
 
-__all__ = ["Hessian", "gptq_quantize", "GPTQWeight", "inverse_cholesky", "IMPLS"]
+__all__ = ["Hessian", "gptq_quantize", "gptq_quantize_reference", "GPTQWeight", "inverse_cholesky"]
 
-IMPLS = ("numba", "numpy", "torch")
 GROUP_PARAMS = ("stale", "fresh")
-
-
-class Hessian:
-    """Mean ``H = (2/n) sum_b X_b^T X_b`` over ``n`` calibration sequences (read ``.H``: float32 [in, in]).
-
-    ``add_batch(X)``: ``X [seq, in]`` is one sequence, ``[b, seq, in]`` is ``b`` of them. The reference's
-    ``add_batch`` keeps a float32 running mean (``H *= n / (n + b); n += b; H += (2/n) X^T X``); minq keeps
-    the sum ``sum_b X_b^T X_b`` instead — each batch's ``X^T X`` one float32 BLAS product (a SYRK: NumPy
-    sees ``X.T @ X``), added to a float64 total — and scales it once when ``H`` is read. Same matrix up to
-    float rounding (minq's is the more accurate), no per-batch rescaling or scaled copy of ``X``. Only a
-    positive factor separates this from the per-token mean; GPTQ's result does not depend on it.
-    """
-
-    def __init__(self, n_in: int):
-        if isinstance(n_in, bool) or not isinstance(n_in, (int, np.integer)) or n_in < 1:
-            raise ValueError(f"n_in must be an int >= 1, got {n_in!r}")
-        self.XtX = np.zeros((n_in, n_in), np.float64)                      # sum of X^T X   [in, in]
-        self.n = 0
-
-    def add_batch(self, X) -> None:
-        check_float_array(X, "X", finite=False)                            # finiteness: checked on X^T X
-        X = np.asarray(X, dtype=np.float32)
-        n_in = self.XtX.shape[0]
-        if X.ndim not in (2, 3) or X.shape[-1] != n_in:
-            raise ValueError(f"X must be [seq, {n_in}] or [b, seq, {n_in}], got {X.shape}")
-        b = 1 if X.ndim == 2 else X.shape[0]                               # sequences in this batch
-        X = X.reshape(-1, n_in)                                            # [b * seq, in]
-        XtX = X.T @ X                                                      # [in, in] float32
-        # diag = sum of squares: NaN/Inf anywhere in X (or a square overflowing float32) shows up here
-        if not np.isfinite(np.diagonal(XtX)).all():
-            raise ValueError("X contains NaN or Inf (or values whose squares overflow float32)")
-        self.XtX += XtX
-        self.n += b
-
-    @property
-    def H(self):
-        """``(2/n) sum X^T X``, float32 [in, in] (zeros before the first batch)."""
-        return (self.XtX * (2.0 / max(self.n, 1))).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -107,8 +82,9 @@ class GPTQWeight(GroupedAffine):
         codes and parameters are stored in the processing order, column ``k`` of the stored matrix is
         input ``perm[k]`` (the exllama layout: a kernel permutes ``x`` instead of gathering groups).
         ``dequantize()`` returns ``W_hat`` in the original column order either way.
-    losses: float64 [in], GPTQ's loss ``sum_rows (w_j - q_j)^2 / (2 U_jj^2)`` of each input column
-        (original order); ``losses.sum() = tr(dW (H + lambda I) dW^T) / 2``. Not part of the storage.
+    losses: float64 [in], GPTQ's loss ``sum_rows (w_j - q_j)^2 / U_jj^2`` of each input column
+        (original order): the output error that quantizing it added, ``losses.sum() = tr(dW (H + lambda I)
+        dW^T)`` (``= ||dW X^T||^2 + lambda ||dW||^2`` for ``H = X^T X``). Not part of the storage.
     gptq_group_size: the group size GPTQ used. A ragged one (not dividing ``in``) is stored at the
         granularity ``gcd(g, in)``, each group's parameters repeated (``group_size`` is that width,
         ``ragged_group_size`` is ``g``: ``nbytes`` counts each group's parameters once).
@@ -163,7 +139,7 @@ def inverse_cholesky(H, damp: float = 0.01):
             U = np.ascontiguousarray(_inv_lower(L)[::-1, ::-1])            # J L^-1 J: H^-1 = U^T U
     except np.linalg.LinAlgError:
         raise ValueError(f"H + damp * mean(diag(H)) * I is not positive definite (damp={damp}): H must be a "
-                         f"Gram matrix 2 X^T X of calibration inputs; raise damp or use more calibration data") from None
+                         f"Gram matrix X^T X of calibration inputs; raise damp or use more calibration data") from None
     return U, lam
 
 
@@ -183,88 +159,81 @@ def _inv_lower(L):
     return out
 
 
-class _single_threaded_lapack:
-    """Run NumPy's OpenBLAS on one thread inside the block (a no-op where that library is not found).
+_BLAS = None            # threadpoolctl controller of numpy's BLAS, made on first use
+
+
+def _single_threaded_lapack():
+    """A context in which NumPy's BLAS / LAPACK run on one thread (threadpoolctl, as ``minq.models.llama``).
 
     Speed only, not results: on a shared 2-core machine, multithreaded OpenBLAS ``potrf`` of a 576 x 576
     matrix took 0.03-1.4 s (its threads wait for each other at every step) against 5 ms single-threaded.
     """
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
 
-    _fns = None
-
-    @classmethod
-    def _find(cls):
-        if cls._fns is None:
-            cls._fns = ()
-            try:
-                import ctypes
-
-                with open("/proc/self/maps") as f:
-                    paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-                for path in paths:
-                    lib = ctypes.CDLL(path)
-                    for suffix in ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_",
-                                   "openblas_{}_num_threads"):
-                        if hasattr(lib, suffix.format("get")) and hasattr(lib, suffix.format("set")):
-                            cls._fns = (getattr(lib, suffix.format("get")), getattr(lib, suffix.format("set")))
-                            break
-            except OSError:  # pragma: no cover - not Linux, or no OpenBLAS: leave the threads alone
-                cls._fns = ()
-        return cls._fns
-
-    def __enter__(self):
-        fns = self._find()
-        self._n = fns[0]() if fns else None
-        if fns:
-            fns[1](1)
-
-    def __exit__(self, *exc):
-        if self._n is not None:
-            self._find()[1](self._n)
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
 
 
-def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_order: bool = False,
+def gptq_quantize(W, H, *, bits: int, group_size=-1, symmetric: bool = False, act_order: bool = False,
                   static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
-                  group_params: str = "stale", scale_dtype: str = "float32", impl: str | None = None) -> GPTQWeight:
-    """GPTQ-quantize ``W`` float [out, in] for inputs with Hessian ``H`` float [in, in].
+                  group_params: str = "stale", scale_dtype: str = "float32") -> GPTQWeight:
+    """GPTQ-quantize ``W`` float [out, in] for inputs with Hessian ``H`` float [in, in] (``X^T X``, any scale).
 
     bits 2..8; group_size: -1 per channel, None/0 per tensor, g > 0 groups of g inputs (a ragged last
-    group when g does not divide in); sym: chapter 02's symmetric grid (z = 2^(bits-1), not stored);
+    group when g does not divide in); symmetric: chapter 02's symmetric grid (z = 2^(bits-1), not stored);
     act_order: process inputs by descending diag(H); static_groups: group parameters from the original
     W and groups (contiguous in the original order even with act_order); damp: fraction of the mean
     diagonal added to H; block_size: columns per lazy batch; group_params: "stale" (reference) or
     "fresh" (see the module docstring); scale_dtype: "float32" or "float16" — the codes are computed with
-    the stored scale, so ``dequantize()`` reproduces what the error feedback assumed; impl: "numba"
-    (default for NumPy), "numpy" (the readable loop) or "torch" (the default for torch tensors, which
-    returns torch tensors on their device).
+    the stored scale, so ``dequantize()`` reproduces what the error feedback assumed.
 
-    Returns a ``GPTQWeight`` (a ``GroupedAffine``); ``dequantize()`` is ``W_hat [out, in]`` in the original
-    column order. Raises TypeError / ValueError naming the parameter for bad input.
+    NumPy arrays run the Numba kernel (bit for bit ``gptq_quantize_reference``, the readable loop);
+    torch tensors run the torch loop on their device and give torch tensors. Returns a ``GPTQWeight`` (a
+    ``GroupedAffine``); ``dequantize()`` is ``W_hat [out, in]`` in the original column order. Raises
+    TypeError / ValueError naming the parameter for bad input.
     """
-    torch_in = is_torch(W) or is_torch(H)
-    impl = ("torch" if torch_in else "numba") if impl is None else impl
-    check_choice(impl, "impl", IMPLS)
-    if torch_in != (impl == "torch"):
-        raise ValueError(f"impl={impl!r} needs {'torch tensors' if impl == 'torch' else 'NumPy arrays'} W and H")
+    loop = _loop_torch if is_torch(W) else _loop_numba
+    return _gptq(W, H, loop, bits=bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
+                 static_groups=static_groups, damp=damp, block_size=block_size, group_params=group_params,
+                 scale_dtype=scale_dtype)
+
+
+def gptq_quantize_reference(W, H, **kw) -> GPTQWeight:
+    """``gptq_quantize`` (same arguments, same result bit for bit) with the readable NumPy column loop
+    ``_loop_reference``: the specification of the Numba kernel. NumPy arrays only (TypeError otherwise)."""
+    if is_torch(W) or is_torch(H):
+        raise TypeError("gptq_quantize_reference is the NumPy reference: W and H must be numpy arrays "
+                        "(gptq_quantize runs torch tensors)")
+    return _gptq(W, H, _loop_reference, **kw)
+
+
+def _gptq(W, H, loop, *, bits: int, group_size=-1, symmetric: bool = False, act_order: bool = False,
+          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, group_params: str = "stale",
+          scale_dtype: str = "float32") -> GPTQWeight:
+    """Checks, preparation and the container around the column ``loop`` (the algorithm of the module docstring)."""
+    torch_in = is_torch(W)
     check_float_array(W, "W", ndim=2)
     check_float_array(H, "H", ndim=2)
+    if is_torch(H) != torch_in:
+        raise TypeError("W and H must both be numpy arrays or both torch tensors")
     out, n = W.shape
     if tuple(H.shape) != (n, n):
         raise ValueError(f"H must be square [in, in] = [{n}, {n}] to match W [out, in] = {tuple(W.shape)}, "
                          f"got {tuple(H.shape)}")
     bits = check_bits(bits, lo=2, hi=8)
-    g = _check_group_size(group_size, n)
+    g = check_group_size(group_size, n, ragged=True)
     check_choice(group_params, "group_params", GROUP_PARAMS)
     check_choice(scale_dtype, "scale_dtype", affine.SCALE_DTYPES)
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < np.inf:
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    block_size = check_int(block_size, "block_size", lo=1)
 
     # -- preparation (NumPy, float64 for the factor): dead inputs, order, damping, U ----------------
     Hd = (H.detach().cpu().numpy() if torch_in else H).astype(np.float64)
     if bool((np.diag(Hd) < 0).any()):
-        raise ValueError("H has negative diagonal entries: it must be positive semi-definite (2 X^T X)")
+        raise ValueError("H has negative diagonal entries: it must be positive semi-definite (X^T X)")
     dead = np.diag(Hd) == 0
     Hd[dead, dead] = 1.0
     perm = np.argsort(-np.diag(Hd), kind="stable") if act_order else np.arange(n)
@@ -279,7 +248,7 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_orde
         W[:, dead] = 0
 
     # -- group layout: gidx[c] = group of processed column c; S, Z [out, G] filled before or during --
-    qp = dict(bits=bits, symmetric=sym, scale_dtype=scale_dtype)
+    qp = dict(bits=bits, symmetric=symmetric, scale_dtype=scale_dtype)
     per_tensor = group_size is None or group_size == 0
     if per_tensor or g == n:                                               # one group, params from all of W
         p = affine.choose_qparams(W, axis=None if per_tensor else 1, **qp)
@@ -296,8 +265,7 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_orde
     W = W[:, _as_index(perm, W)] if act_order else W                       # processing order
     starts = range(0, n, g) if dynamic and group_params == "fresh" else ()
     blocks = _blocks(n, block_size, starts)
-    loop = {"numba": _loop_numba, "numpy": _loop_numpy, "torch": _loop_torch}[impl]
-    Q, losses = loop(W, U.astype(np.float32), S, Z, gidx, g if dynamic else 0, blocks, qp)
+    Q, losses = loop(W, U.astype(np.float32), S, Z, gidx, g, dynamic, blocks, qp)
 
     # -- back to the original order (or keep the processing order with perm) and into the container --
     if act_order and not dynamic:
@@ -307,28 +275,17 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, sym: bool = False, act_orde
     losses_orig[perm] = losses
     ragged = not per_tensor and n % g != 0                                 # stored at width gs = gcd(g, n)
     if ragged:                                                             # repeat each group's params
-        gs = gcd(g, n)
-        reps = np.diff(np.minimum(np.arange(0, n + g, g), n)) // gs
+        gs, reps = ragged_layout(g, n)
         S, Z = _repeat_cols(S, reps), _repeat_cols(Z, reps)
     if per_tensor:
         S, Z = S[:1, :1], Z[:1, :1]
-    base = GroupedAffine.from_codes(Q, S, None if sym else Z, bits=bits, group_size=gs if ragged else group_size)
+    base = GroupedAffine.from_codes(Q, S, None if symmetric else Z, bits=bits,
+                                    group_size=gs if ragged else group_size)
     if ragged:
         base = replace(base, ragged_group_size=g)                         # nbytes: each group's params once
     return GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)},
                       perm=_as_index(perm, Q) if keep_perm else None, losses=losses_orig,
                       gptq_group_size=group_size)
-
-
-def _check_group_size(group_size, n):
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
-                                   or group_size < -1):
-        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
-    if group_size is None or group_size in (0, -1):
-        return n
-    if group_size > n:
-        raise ValueError(f"group_size={group_size} is larger than the input dimension {n}")
-    return int(group_size)
 
 
 def _blocks(n, block_size, starts):
@@ -350,10 +307,11 @@ def _f32(a):
 # --- the readable loop ------------------------------------------------------------------------------
 
 
-def _loop_numpy(W, U, S, Z, gidx, g, blocks, qp):
+def _loop_reference(W, U, S, Z, gidx, g, dynamic, blocks, qp):
     """GPTQ's column loop, as in the paper. W [out, n] float32 in processing order (modified), U [n, n]
-    upper float32; S, Z [out, G]: group params (filled here when g > 0: dynamic groups). Returns codes
-    Q [out, n] uint8 and the loss of each column, float64 [n]."""
+    upper float32; S, Z [out, G]: group params (filled here, as each group of g columns starts, when
+    ``dynamic``); gidx [n]: the group of each column. Returns codes Q [out, n] uint8 and the loss of each
+    column, float64 [n]."""
     out, n = W.shape
     qmax = (1 << qp["bits"]) - 1
     Q = np.empty((out, n), np.uint8)
@@ -363,7 +321,7 @@ def _loop_numpy(W, U, S, Z, gidx, g, blocks, qp):
         Err1 = np.empty_like(W1)
         for j in range(i2 - i1):
             c = i1 + j
-            if g and c % g == 0:                                           # a group starts: params from W,
+            if dynamic and c % g == 0:                                     # a group starts: params from W,
                 S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)   # not W1 (stale in-block)
             s, z = S[:, gidx[c]].astype(np.float32), Z[:, gidx[c]]        # [out] each
             w = W1[:, j]
@@ -373,7 +331,7 @@ def _loop_numpy(W, U, S, Z, gidx, g, blocks, qp):
             err = (w - wq) / d                                             # [out]
             Q[:, c] = q
             diff = (w - wq).astype(np.float64)
-            Loss[:, c] = diff * diff / (2.0 * np.float64(d) * np.float64(d))
+            Loss[:, c] = diff * diff / (np.float64(d) * np.float64(d))      # output error added
             W1[:, j + 1:] -= np.outer(err, U[c, c + 1:i2])                 # OBS update inside the block
             Err1[:, j] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]                                  # lazy batch update, one GEMM
@@ -383,14 +341,14 @@ def _loop_numpy(W, U, S, Z, gidx, g, blocks, qp):
 # --- the fast loop: the same arithmetic, rows in parallel ------------------------------------------
 
 
-def _loop_numba(W, U, S, Z, gidx, g, blocks, qp):
+def _loop_numba(W, U, S, Z, gidx, g, dynamic, blocks, qp):
     out, n = W.shape
     qmax = np.float32((1 << qp["bits"]) - 1)
     Q = np.empty((out, n), np.uint8)
     Loss = np.empty((out, n), np.float64)
     S32 = np.ascontiguousarray(S, dtype=np.float32)
     for i1, i2 in blocks:
-        if g:  # groups starting in this block: W[:, i1:] is not touched until the block ends
+        if dynamic:  # groups starting in this block: W[:, i1:] is not touched until the block ends
             for c in range(-(-i1 // g) * g, i2, g):
                 S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)
                 S32[:, c // g] = S[:, c // g]
@@ -405,7 +363,7 @@ def _loop_numba(W, U, S, Z, gidx, g, blocks, qp):
 def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
     # W1 [out, B] float32, U1 [B, B], S/Z [out, G], gidx1 [B] -> Q/Loss [:, i1:i1+B], Err1 [out, B].
     # Tiles of TILE rows, transposed ([B, TILE]) so the rank-1 update runs over rows in SIMD lanes;
-    # each element sees the same float32 operations, in the same order, as _loop_numpy.
+    # each element sees the same float32 operations, in the same order, as _loop_reference.
     out, B = W1.shape
     TILE = 16
     for tb in prange((out + TILE - 1) // TILE):
@@ -427,7 +385,7 @@ def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
                 e[t] = (w - wq) / d
                 Q[r, i1 + j] = np.uint8(q)
                 diff = np.float64(w - wq)
-                Loss[r, i1 + j] = diff * diff / (2.0 * np.float64(d) * np.float64(d))
+                Loss[r, i1 + j] = diff * diff / (np.float64(d) * np.float64(d))
                 Err1[r, j] = e[t]
             for k in range(j + 1, B):                                   # W1[:, k] -= err * U[j, k]
                 u = U1[j, k]
@@ -438,7 +396,7 @@ def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
 # --- torch: the readable loop on torch tensors (any device) ---------------------------------------
 
 
-def _loop_torch(W, U, S, Z, gidx, g, blocks, qp):
+def _loop_torch(W, U, S, Z, gidx, g, dynamic, blocks, qp):
     import torch
 
     out, n = W.shape
@@ -451,7 +409,7 @@ def _loop_torch(W, U, S, Z, gidx, g, blocks, qp):
         Err1 = torch.empty_like(W1)
         for j in range(i2 - i1):
             c = i1 + j
-            if g and c % g == 0:
+            if dynamic and c % g == 0:
                 S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)
             s, z = S[:, int(gidx[c])].float(), Z[:, int(gidx[c])]
             w = W1[:, j]
@@ -460,7 +418,7 @@ def _loop_torch(W, U, S, Z, gidx, g, blocks, qp):
             d = U[c, c]
             err = (w - wq) / d
             Q[:, c] = q.to(torch.uint8)
-            Loss[:, c] = (w - wq).double() ** 2 / (2.0 * d.double() ** 2)
+            Loss[:, c] = (w - wq).double() ** 2 / d.double() ** 2
             W1[:, j + 1:] -= torch.outer(err, U[c, c + 1:i2])
             Err1[:, j] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]

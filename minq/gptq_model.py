@@ -3,9 +3,10 @@ outputs of the already quantized blocks before it (the reference's ``opt_sequent
 
 For block ``i``, with ``x`` its inputs from the quantized blocks ``0 .. i-1`` (``x = embed(ids)`` for block 0):
 
-1. run block ``i`` with its float weights on ``x``; hooks accumulate one ``Hessian`` per distinct
-   linear input (q/k/v share one, gate/up share one: 4 per Llama block). The forward stops at
-   ffn_down's hook (its output is not needed: the reference's ``Catcher`` trick);
+1. run block ``i`` with its float weights on ``x``; hooks accumulate one ``Hessian`` (``H = X^T X``,
+   ``minq.calibration``) per distinct linear input (q/k/v share one, gate/up share one: 4 per Llama
+   block). The forward stops at ffn_down's hook (its output is not needed: the reference's ``Catcher``
+   trick, ``minq.calibration.forward_block(..., stop_at=...)``);
 2. ``gptq_quantize`` each of the 7 linears with its input's ``H``;
 3. run the quantized block on ``x``: its outputs are the inputs of block ``i + 1``.
 
@@ -20,7 +21,7 @@ forwards dominate, then ``X^T X`` (one float32 SYRK per batch and input, ``Hessi
 per-group GPTQ (the inverse factor of the 1536-wide ffn_down input is the largest single part).
 
 Schemes registered here (``minq.registry``): ``gptq-w{bits}[g{group}][-sym][-act][-static][-ts]``, e.g.
-``gptq-w4``, ``gptq-w4g64``, ``gptq-w3g64-act``; asymmetric by default; ``-act`` = act-order
+``gptq-w4``, ``gptq-w4g64``, ``gptq-w3g64-act``; asymmetric by default (``-sym``: symmetric); ``-act`` = act-order
 (dynamic groups, stored permuted), ``-static`` = static groups, ``-ts`` = true-sequential. They calibrate
 on 128 x 512 tokens of minq's calibration text unless ``minq.quantize(model, scheme, calibration=ids)``
 gets other ids.
@@ -37,7 +38,9 @@ from dataclasses import fields, replace
 import numpy as np
 
 from minq import registry
-from minq.gptq import GPTQWeight, Hessian, gptq_quantize
+from minq._checks import check_int
+from minq.calibration import Hessian, check_blocks, check_calibration, forward_block
+from minq.gptq import GPTQWeight, gptq_quantize
 from minq.groups import GroupedAffine
 
 __all__ = ["gptq_model", "input_groups", "collect_hessians", "scheme_kwargs", "SCHEMES"]
@@ -53,41 +56,28 @@ def input_groups(model, i: int) -> dict:
     return {f"blk.{i}.{g[0]}": [f"blk.{i}.{n}" for n in g] for g in GROUPS}
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a block's forward once the inputs it needs are seen (the reference's ``Catcher``)."""
-
-
 def collect_hessians(model, i: int, x, keys, *, stop_at: str | None = None, batch_size: int = 8,
                      timer: dict | None = None) -> dict:
-    """``{key: Hessian}`` of the inputs of the linears ``keys`` of block ``i`` of ``model``, over the
-    windows ``x [n, T, d]`` (``batch_size`` windows per forward call).
+    """``{key: Hessian}`` (``H = X^T X`` over every token) of the inputs of the linears ``keys`` of block
+    ``i`` of ``model``, over the windows ``x [n, T, d]`` (``batch_size`` windows per forward call).
 
     stop_at: a linear whose hook ends each forward (after its input is accumulated) — the rest of
     the block is not computed. ``timer``: a dict whose ``"hessian"`` entry is increased by the seconds
     spent accumulating ``X^T X`` (the rest of the call is the forward).
     """
-    T = x.shape[1]
     H = {key: Hessian(model.weights[key].shape[1]) for key in keys}
 
     def hook(name, X):
-        if name in H:
-            t = time.perf_counter()
-            H[name].add_batch(X.reshape(-1, T, X.shape[-1]))                 # [b * T, in] -> b sequences
-            if timer is not None:
-                timer["hessian"] = timer.get("hessian", 0.0) + time.perf_counter() - t
-        if name == stop_at:
-            raise _Stop
+        t = time.perf_counter()
+        H[name].add_batch(X)                                                 # X [b * T, in]
+        if timer is not None:
+            timer["hessian"] = timer.get("hessian", 0.0) + time.perf_counter() - t
 
-    hooks = {key: hook for key in set(keys) | ({stop_at} if stop_at else set())}
-    for a in range(0, len(x), batch_size):
-        try:
-            model.run_block(i, x[a:a + batch_size], hooks=hooks)
-        except _Stop:
-            pass
+    forward_block(model, i, x, hooks={key: hook for key in keys}, stop_at=stop_at, batch_size=batch_size)
     return H
 
 
-def gptq_model(model, calibration, *, bits: int, group_size=-1, sym: bool = False, act_order: bool = False,
+def gptq_model(model, calibration, *, bits: int, group_size=-1, symmetric: bool = False, act_order: bool = False,
                static_groups: bool = False, damp: float = 0.01, block_size: int = 128, scale_dtype: str = "float16",
                true_sequential: bool = False, blocks=None, batch_size: int = 8, progress: bool = True,
                stats: dict | None = None):
@@ -101,16 +91,14 @@ def gptq_model(model, calibration, *, bits: int, group_size=-1, sym: bool = Fals
     batch_size: calibration windows per forward call (memory only: the result does not depend on it
     beyond float summation order). ``stats``: a dict that receives ``{"seconds": wall, "cpu_seconds": CPU
     time of all threads, "tokens": ..., "phases": {"forward": s, "hessian": s, "gptq": s} (wall), "layers":
-    [{first linear of an input group: GPTQ loss tr(dW H dW^T) / 2 of the group}]}`` for plots and reports. Raises ValueError for missing or
-    malformed calibration and bad ``blocks``.
+    [{first linear of an input group: GPTQ loss tr(dW (H + lambda I) dW^T) of the group, its squared output
+    error on the calibration tokens plus the damping term}]}`` for plots and reports. Raises ValueError
+    (TypeError) for missing or malformed calibration (``minq.calibration.check_calibration``) and bad
+    ``blocks`` or ``batch_size``.
     """
-    ids = _check_calibration(calibration)
-    n_layers = model.config.n_layers
-    blocks = list(range(n_layers)) if blocks is None else sorted(set(int(b) for b in blocks))
-    if not blocks or not all(0 <= b < n_layers for b in blocks):
-        raise ValueError(f"blocks must be a non-empty list of block indices in [0, {n_layers}), got {blocks!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    ids = check_calibration(calibration)
+    blocks = check_blocks(blocks, model.config.n_layers)
+    batch_size = check_int(batch_size, "batch_size", lo=1)
     from tqdm.auto import tqdm
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -118,8 +106,8 @@ def gptq_model(model, calibration, *, bits: int, group_size=-1, sym: bool = Fals
     x = model.embed(ids)                                                     # [n, T, d]: inputs of block 0
     qmodel = model
     layer_stats = []
-    kw = dict(bits=bits, group_size=group_size, sym=sym, act_order=act_order, static_groups=static_groups,
-              damp=damp, block_size=block_size, scale_dtype=scale_dtype)
+    kw = dict(bits=bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
+              static_groups=static_groups, damp=damp, block_size=block_size, scale_dtype=scale_dtype)
 
     def quantize_group(key, members, H):
         t = time.perf_counter()
@@ -155,7 +143,7 @@ def gptq_model(model, calibration, *, bits: int, group_size=-1, sym: bool = Fals
             layer_stats.append(losses)
         if i < blocks[-1]:                                                   # 3. inputs of the next block
             t = time.perf_counter()
-            x = np.concatenate([qmodel.run_block(i, x[a:a + batch_size]) for a in range(0, len(x), batch_size)])
+            x = forward_block(qmodel, i, x, batch_size=batch_size)
             timer["forward"] += time.perf_counter() - t
         bar.set_postfix({k: f"{v:.0f}s" for k, v in timer.items()}, refresh=False)
     if stats is not None:
@@ -182,19 +170,6 @@ def split_rows(q: GPTQWeight, sizes) -> list:
     return out
 
 
-def _check_calibration(calibration):
-    if calibration is None:
-        raise ValueError("calibration is required: token ids [n_samples, seq_len] (no calibration data given)")
-    ids = np.asarray(calibration)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"calibration must be integer token ids, got dtype {ids.dtype}")
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or ids.size == 0 or ids.shape[1] < 1:
-        raise ValueError(f"calibration must be non-empty token ids [n_samples, seq_len], got shape {ids.shape}")
-    return ids.astype(np.int64)
-
-
 # --- the gptq-* schemes -------------------------------------------------------------------------------
 
 PATTERN = re.compile(r"gptq-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?(?P<act>-act)?(?P<static>-static)?"
@@ -213,14 +188,14 @@ def scheme_kwargs(name: str) -> dict:
         raise ValueError(f"scheme {name!r}: bits must be in 2..8")
     if m["group"] and group <= 0:
         raise ValueError(f"scheme {name!r}: group size must be > 0")
-    return dict(bits=bits, group_size=group, sym=m["sym"] is not None, act_order=m["act"] is not None,
+    return dict(bits=bits, group_size=group, symmetric=m["sym"] is not None, act_order=m["act"] is not None,
                 static_groups=m["static"] is not None, true_sequential=m["ts"] is not None)
 
 
 def _gptq(m: re.Match) -> registry.Scheme:
     kw = scheme_kwargs(m.string)
     gran = "per output channel" if kw["group_size"] == -1 else f"groups of {kw['group_size']}"
-    desc = (f"GPTQ {kw['bits']}-bit, {gran}, {'symmetric' if kw['sym'] else 'asymmetric'}"
+    desc = (f"GPTQ {kw['bits']}-bit, {gran}, {'symmetric' if kw['symmetric'] else 'asymmetric'}"
             f"{', act-order' if kw['act_order'] else ''}{', static groups' if kw['static_groups'] else ''}"
             f"{', true-sequential' if kw['true_sequential'] else ''}")
 

@@ -35,14 +35,13 @@ from __future__ import annotations
 import numpy as np
 
 from minq import affine
-from minq._checks import check_bits, check_choice, check_float_array
+from minq._checks import check_bits, check_choice, check_float_array, check_int
 from minq._jit import JIT_ENABLED, njit, prange
 
 __all__ = ["Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "make_observer", "OBSERVERS",
-           "clip_error", "mse_search", "MSE_IMPLS"]
+           "clip_error", "mse_search", "mse_search_reference"]
 
 OBSERVERS = ("minmax", "percentile", "mse")
-MSE_IMPLS = ("auto", "numpy", "numba")
 
 
 class Observer:
@@ -62,10 +61,9 @@ class Observer:
         check_choice(scale_dtype, "scale_dtype", affine.SCALE_DTYPES)
         if symmetric and bits < 2:
             raise ValueError("bits must be >= 2 for a symmetric observer")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
-            raise ValueError(f"max_samples must be an int >= 1, got {max_samples!r}")
+        max_samples = check_int(max_samples, "max_samples", lo=1)
         self.symmetric, self.axis, self.zero_point, self.scale_dtype = symmetric, axis, zero_point, scale_dtype
-        self.max_samples = int(max_samples)
+        self.max_samples = max_samples
         self._rng = np.random.default_rng(seed)
         self.lo = self.hi = None           # running min / max, keepdims shape
         self.n = 0                         # values seen per channel
@@ -168,22 +166,17 @@ class PercentileObserver(Observer):
 class MSEObserver(Observer):
     """The range ``r * [min, max]`` whose fake quantization of the sample has the least squared error,
     per channel, over ``r = 1 - i / grid`` for ``i = 0 .. grid * max_shrink - 1``. ``r = 1`` (min-max)
-    is a candidate and wins ties, so the error is never above min-max's on the sample.
-
-    impl: ``"numpy"`` (the reference: one candidate at a time over all channels), ``"numba"`` (one
-    pass per channel over all candidates, channels in parallel; the same ranges bit for bit,
-    tests/test_observers.py) or ``"auto"`` (Numba when JIT is on)."""
+    is a candidate and wins ties, so the error is never above min-max's on the sample. The search is
+    ``mse_search`` (a Numba kernel, bit for bit ``mse_search_reference``, the readable loop)."""
 
     kind = "mse"
 
-    def __init__(self, *, grid: int = 100, max_shrink: float = 0.8, impl: str = "auto", **kw):
-        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-            raise ValueError(f"grid must be an int >= 1, got {grid!r}")
+    def __init__(self, *, grid: int = 100, max_shrink: float = 0.8, **kw):
+        grid = check_int(grid, "grid", lo=1)
         if not 0 < max_shrink < 1:
             raise ValueError(f"max_shrink must be in (0, 1), got {max_shrink!r}")
-        check_choice(impl, "impl", MSE_IMPLS)
         super().__init__(**kw)
-        self.grid, self.max_shrink, self.impl = int(grid), float(max_shrink), impl
+        self.grid, self.max_shrink = grid, float(max_shrink)
 
     def ratios(self):
         """The candidate shrink factors ``r``, largest (1 = min-max) first."""
@@ -192,32 +185,37 @@ class MSEObserver(Observer):
     def range(self):
         self._check_seen()
         lo, hi = self.lo.reshape(-1, 1), self.hi.reshape(-1, 1)            # [C, 1]
-        best_r, _ = mse_search(self._sample, lo, hi, self, impl=self.impl)  # [C, 1]
+        best_r, _ = mse_search(self._sample, lo, hi, self)                 # [C, 1]
         shape = self.lo.shape
         return (best_r * lo).reshape(shape), (best_r * hi).reshape(shape)
 
 
-def mse_search(v, lo, hi, obs, impl: str = "auto"):
-    """The MSE search of ``MSEObserver``: ``(best r [C, 1] float32, its error [C, 1] float64)`` for the
-    values ``v [C, k]`` of each channel, the ranges ``r * [lo, hi]`` (``[C, 1]``) over ``obs.ratios()``,
-    on ``obs``'s grid (bits, symmetry, zero point, scale dtype).
+def mse_search_reference(v, lo, hi, obs):
+    """The MSE search of ``MSEObserver``, readably: ``(best r [C, 1] float32, its error [C, 1] float64)`` for
+    the values ``v [C, k]`` of each channel, the ranges ``r * [lo, hi]`` (``[C, 1]``) over ``obs.ratios()``,
+    on ``obs``'s grid (bits, symmetry, zero point, scale dtype). One candidate at a time over all
+    channels; the first (largest) ``r`` wins ties."""
+    best_err = np.full(lo.shape, np.inf)
+    best_r = np.ones(lo.shape, np.float32)
+    for r in obs.ratios():                                                 # one candidate at a time: [C, k]
+        err = clip_error(v, np.float32(r) * lo, np.float32(r) * hi, obs)   # [C, 1]
+        better = err < best_err                                            # strict: r = 1 wins ties
+        best_err, best_r = np.where(better, err, best_err), np.where(better, np.float32(r), best_r)
+    return best_r, best_err
 
-    ``"numpy"`` is the reference loop below; ``"numba"`` computes the parameters of every candidate the
-    same way (``_qparams_of_range`` on ``[C, R]`` ranges) and runs ``_mse_search_kernel``, which repeats
-    ``affine.fake_quantize``'s float32 operations and sums the squared errors in float64 in the same
-    (sequential) order as ``clip_error``: equal results, bit for bit.
+
+def mse_search(v, lo, hi, obs):
+    """``mse_search_reference``, fast: the same arguments and results, bit for bit (tests/test_observers.py).
+
+    The parameters of every candidate are computed the same way (``_qparams_of_range`` on ``[C, R]``
+    ranges); ``_mse_search_kernel`` then makes one pass per channel over all candidates, channels in
+    parallel, repeating ``affine.fake_quantize``'s float32 operations and summing the squared errors in
+    float64 in the same (sequential) order as ``clip_error``. Without JIT (``NUMBA_DISABLE_JIT=1``) the
+    kernel would run as slow Python: the reference runs instead.
     """
-    check_choice(impl, "impl", MSE_IMPLS)
-    ratios = obs.ratios()
-    if impl == "numpy" or impl == "auto" and not JIT_ENABLED:
-        best_err = np.full(lo.shape, np.inf)
-        best_r = np.ones(lo.shape, np.float32)
-        for r in ratios:                                                   # one candidate at a time: [C, k]
-            err = clip_error(v, np.float32(r) * lo, np.float32(r) * hi, obs)   # [C, 1]
-            better = err < best_err                                        # strict: r = 1 wins ties
-            best_err, best_r = np.where(better, err, best_err), np.where(better, np.float32(r), best_r)
-        return best_r, best_err
-    r32 = ratios.astype(np.float32)[None, :]                               # [1, R]
+    if not JIT_ENABLED:
+        return mse_search_reference(v, lo, hi, obs)
+    r32 = obs.ratios().astype(np.float32)[None, :]                         # [1, R]
     qp = _qparams_of_range(r32 * lo, r32 * hi, obs)                        # s, z [C, R]
     s = np.ascontiguousarray(qp.s, dtype=np.float32)
     z = np.ascontiguousarray(np.broadcast_to(qp.z, s.shape), dtype=np.float32)
@@ -273,6 +271,6 @@ def _mse_search_kernel(v, s, z, qmax, float_zero_point, best, best_err):
 
 def make_observer(kind: str = "minmax", **kw) -> Observer:
     """An observer by name: ``"minmax"``, ``"percentile"`` (``percentile=``) or ``"mse"``
-    (``grid=``, ``max_shrink=``, ``impl=``); the other keywords go to ``Observer``."""
+    (``grid=``, ``max_shrink=``); the other keywords go to ``Observer``."""
     check_choice(kind, "kind", OBSERVERS)
     return {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}[kind](**kw)

@@ -44,7 +44,9 @@ import re
 import numpy as np
 
 from minq import affine
-from minq.groups import GroupedAffine, quantize_groups, quantize_ragged, resolve_group_size
+from minq._checks import check_group_size, check_int
+from minq.calibration import calibrate, check_calibration
+from minq.groups import GroupedAffine, quantize_groups, quantize_ragged
 from minq.observers import make_observer
 from minq.registry import Scheme, register_family
 
@@ -65,13 +67,13 @@ def quantize_weight_observed(W, *, bits: int, group_size=-1, symmetric: bool = F
     Scales are stored as float16 (rounded up) and the codes use the stored scale, as in
     ``quantize_groups``; ``observer="minmax"`` reproduces ``quantize_groups`` exactly (``ragged`` too:
     a ragged last group when ``group_size`` does not divide ``in``, ``minq.groups.quantize_ragged``).
-    ``observer_kw`` go to the observer (e.g. ``impl="numpy"`` for the MSE search's NumPy reference).
+    ``observer_kw`` go to the observer (e.g. ``grid=``, ``max_shrink=`` of the MSE search).
     """
     if ragged:
         return quantize_ragged(W, group_size, lambda Wp, g: quantize_weight_observed(
             Wp, bits=bits, group_size=g, symmetric=symmetric, observer=observer, **observer_kw))
     out, n_in = W.shape
-    g = resolve_group_size(group_size, n_in)
+    g = check_group_size(group_size, n_in)
     per_tensor = group_size is None or group_size == 0
     Wg = W.reshape(out, n_in // g, g)                                       # [out, in] -> [out, G, g]
     obs = make_observer(observer, bits=bits, symmetric=symmetric, axis=None if per_tensor else -1,
@@ -325,56 +327,7 @@ def _compose(q, fn):
     return hook
 
 
-# --- calibration -----------------------------------------------------------------------------------
-
-
-def _check_calibration(calibration, scheme: str):
-    if calibration is None:
-        raise ValueError(f"scheme {scheme!r} needs calibration data: token ids [n_samples, seq_len] "
-                         f"(minq.quantize supplies minq.data.calibration_tokens by default)")
-    ids = np.asarray(calibration)
-    if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.size == 0:
-        raise ValueError(f"calibration must be integer token ids [n_samples, seq_len], got "
-                         f"{ids.dtype} {ids.shape}")
-    return ids
-
-
-def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bool = False) -> dict:
-    """Observe the input of every linear over the calibration windows ``ids [n, seq]``.
-
-    make(name) -> a fresh observer (``minq.observers``); linears that read the same input (the
-    runtime hands them the same array: q/k/v, gate/up) share one observer. A decoder runs ``embed``
-    and ``run_block`` only (no output head); an encoder runs ``forward`` with the mask ``ids != [PAD]``
-    (its hooks see the real tokens only). Returns ``{name: observer}`` for every name of ``names``
-    (default all linears).
-    """
-    from tqdm.auto import tqdm
-
-    ids = _check_calibration(ids, "calibrate")
-    names = list(model.linear_names() if names is None else names)
-    obs, leader, last = {}, {}, [None, None]
-
-    def hook(name, X):
-        if name not in leader:                  # first call: does it read the previous linear's X?
-            leader[name] = leader[last[1]] if X is last[0] else name
-            if leader[name] == name:
-                obs[name] = make(name)
-        last[:] = [X, name]
-        if leader[name] == name:
-            obs[name].update(X)
-
-    hooks = {n: hook for n in names}
-    n_blocks = 1 + max(int(n.split(".")[1]) for n in names)
-    for a in tqdm(range(0, len(ids), batch_size), desc="calibrate", unit="batch", disable=not progress,
-                  leave=False):
-        batch = ids[a:a + batch_size]                                       # [B, T]
-        if _is_encoder(model):
-            model.forward(batch, batch != model.tokenizer.pad_id, hooks=hooks)
-            continue
-        x = model.embed(batch)                                              # [B, T, d]
-        for i in range(n_blocks):
-            x = model.run_block(i, x, hooks=hooks)
-    return {n: obs[leader[n]] for n in names}
+# --- calibration (the pass itself, ``calibrate``, is ``minq.calibration``'s; imported above) ---------
 
 
 def sentence_calibration(encoder, n_samples: int = 128, seed: int = 0):
@@ -385,8 +338,7 @@ def sentence_calibration(encoder, n_samples: int = 128, seed: int = 0):
     from minq.data import calibration_text
 
     lines = [t.strip() for t in calibration_text().splitlines() if len(t.strip()) >= 40]
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or not 1 <= n_samples <= len(lines):
-        raise ValueError(f"n_samples must be an int in 1..{len(lines)}, got {n_samples!r}")
+    n_samples = check_int(n_samples, "n_samples", lo=1, hi=len(lines))
     pick = np.random.default_rng(seed).choice(len(lines), size=n_samples, replace=False)
     ids, _ = encoder.tokenizer.batch([lines[i] for i in sorted(pick)])
     return ids
@@ -406,7 +358,7 @@ def quantize_w8a8(model, calibration=None, *, mode: str = "static", observer: st
     names = model.linear_names()
     if mode == "static":
         if static_absmax is None:
-            ids = _check_calibration(calibration, "w8a8 (static)")
+            ids = check_calibration(calibration)
             kw = dict(observer_kw or {})
             obs = calibrate(model, ids, lambda name: make_observer(observer, bits=8, symmetric=True, **kw),
                             progress=progress)

@@ -74,7 +74,7 @@ def register_family(pattern: str, builder: Callable, example: str) -> None:
 
 # Chapter modules that register scheme families when imported (imported on first lookup, so that
 # ``import minq`` stays light and a method module can import the registry without a cycle).
-METHOD_MODULES: tuple[str, ...] = ("minq.ptq", "minq.smoothquant", "minq.gptq_model", "minq.awq")
+METHOD_MODULES: tuple[str, ...] = ("minq.ptq", "minq.smoothquant", "minq.gptq_model", "minq.awq_model")
 
 
 def _load_methods() -> None:

@@ -48,14 +48,17 @@ import re
 
 import numpy as np
 
+from minq.calibration import calibrate, check_calibration
 from minq.folding import TARGETS, fold_scales, o_input_to_v_row
 from minq.observers import MinMaxObserver
-from minq.ptq import _check_calibration, calibrate, quantize_w8a8
+from minq.ptq import quantize_w8a8
 from minq.registry import Scheme, register_family
 
 __all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA", "SCHEMES"]
 
 ALPHA = 0.5
+
+
 def _check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha (migration strength) must be a number in [0, 1], got {alpha!r}")
@@ -134,7 +137,7 @@ def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str 
     targets = _check_targets(targets)
     if mode not in ("static", "dynamic"):
         raise ValueError(f"mode must be 'static' or 'dynamic', got {mode!r}")
-    ids = _check_calibration(calibration, "smoothquant-w8a8")
+    ids = check_calibration(calibration)
     obs = calibrate(model, ids, lambda name: MinMaxObserver(bits=8, axis=0), progress=progress)
     absmax = {n: o.absmax().reshape(-1) for n, o in obs.items()}             # {name: [in]}
     smoothed, scales = smooth(model, absmax, alpha, targets)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minq.gptq_model  # noqa: F401  (registers the gptq-* schemes)
-from minq.gptq import GPTQWeight, Hessian, gptq_quantize, inverse_cholesky
+from minq.gptq import GPTQWeight, Hessian, gptq_quantize, gptq_quantize_reference, inverse_cholesky
 from minq.groups import GroupedAffine, quantize_groups
 from minq.testing import assert_close, assert_equal, llm_like_layer
 
@@ -75,7 +75,8 @@ REFERENCE = [  # (config, rel err GPTQ on the calibration tokens, rel err RTN)
 
 
 def test_reference_errors_on_the_llm_like_layer(layer):
-    """Every asymmetric configuration of §5.2 within 3% of the reference's relative output error."""
+    """Every asymmetric configuration of §5.2 within 3% of the reference's relative output error, GPTQ
+    and RTN; symmetric 4-bit within 3% of the reference scaled to minq's grid."""
     W, X, H = layer
     lines = [f"{'config':44s} {'minq':>8s} {'ref':>8s} {'diff':>7s} {'RTN':>8s} {'ref RTN':>8s}"]
     bad = []
@@ -85,11 +86,16 @@ def test_reference_errors_on_the_llm_like_layer(layer):
         rtn = rel_err(W, gptq_quantize(W, np.diag(np.diag(H)), bits=cfg["bits"],
                                        group_size=cfg.get("group_size", -1)).dequantize(), X)
         lines.append(f"{str(cfg):44s} {e:8.5f} {ref:8.5f} {e / ref - 1:+7.2%} {rtn:8.5f} {ref_rtn:8.5f}")
-        if abs(e / ref - 1) > 0.03:
+        if abs(e / ref - 1) > 0.03 or abs(rtn / ref_rtn - 1) > 0.03:
             bad.append(lines[-1])
-    # symmetric: minq's grid (s = max|w| / 7) differs from the reference's (2 max / 15, clipping the top)
-    e_sym = rel_err(W, gptq_quantize(W, H, bits=4, sym=True).dequantize(), X)
-    lines.append(f"{'4b per channel sym (minq grid, ref 0.00822)':44s} {e_sym:8.5f}")
+    # symmetric: minq's grid (s = max|w| / 7) differs from the reference's (2 max / 15, clipping the top):
+    # a step 15/14 as wide, so the squared error scales by (15/14)^2: 0.00822 -> 0.00944 (measured 0.00940)
+    e_sym = rel_err(W, gptq_quantize(W, H, bits=4, symmetric=True).dequantize(), X)
+    ref_sym = 0.00822 * (15 / 14) ** 2
+    lines.append(f"{'4b per channel sym (ref 0.00822 * (15/14)^2)':44s} {e_sym:8.5f} {ref_sym:8.5f} "
+                 f"{e_sym / ref_sym - 1:+7.2%}")
+    if abs(e_sym / ref_sym - 1) > 0.03:
+        bad.append(lines[-1])
     print("\n" + "\n".join(lines))
     assert not bad, "configs off the reference by more than 3%:\n" + "\n".join(bad)
 
@@ -106,7 +112,7 @@ def test_counterexample_gptq_worse_than_rtn_at_2_bits(layer):
 
 CONFIGS = [
     dict(bits=4),
-    dict(bits=4, sym=True),
+    dict(bits=4, symmetric=True),
     dict(bits=3, act_order=True),
     dict(bits=4, group_size=32),
     dict(bits=2, group_size=16, act_order=True),
@@ -123,8 +129,8 @@ def test_numba_equals_readable_numpy(cfg):
     cfg = dict(cfg)
     block = cfg.pop("block_size", 32)
     W, H, _ = small_problem(1)
-    a = gptq_quantize(W, H, impl="numba", block_size=block, **cfg)
-    b = gptq_quantize(W, H, impl="numpy", block_size=block, **cfg)
+    a = gptq_quantize(W, H, block_size=block, **cfg)                     # the Numba kernel
+    b = gptq_quantize_reference(W, H, block_size=block, **cfg)           # the readable NumPy loop
     assert_equal(a.codes, b.codes, name="codes")
     assert_equal(a.s, b.s, name="s")
     assert_equal(a.dequantize(), b.dequantize(), name="W_hat")
@@ -147,14 +153,14 @@ def test_kernel_python_body_equals_jitted(monkeypatch):
 
 @pytest.mark.parametrize("cfg", [dict(bits=4), dict(bits=4, act_order=True), dict(bits=4, group_size=32),
                                  dict(bits=3, group_size=32, act_order=True, static_groups=True),
-                                 dict(bits=2, group_size=16), dict(bits=4, sym=True, group_size=32),
+                                 dict(bits=2, group_size=16), dict(bits=4, symmetric=True, group_size=32),
                                  dict(bits=4, group_size=32, scale_dtype="float16")], ids=str)
-@pytest.mark.parametrize("impl", ["numba", "numpy"])
-def test_diagonal_hessian_gives_exactly_rtn(cfg, impl):
+@pytest.mark.parametrize("quantize", [gptq_quantize, gptq_quantize_reference], ids=["kernel", "reference"])
+def test_diagonal_hessian_gives_exactly_rtn(cfg, quantize):
     W, H, _ = small_problem(2)
     Hdiag = np.diag(np.diag(H)).astype(np.float32)
-    q = gptq_quantize(W, Hdiag, impl=impl, **cfg)
-    r = quantize_groups(W, bits=cfg["bits"], group_size=cfg.get("group_size", -1), symmetric=cfg.get("sym", False),
+    q = quantize(W, Hdiag, **cfg)
+    r = quantize_groups(W, bits=cfg["bits"], group_size=cfg.get("group_size", -1), symmetric=cfg.get("symmetric", False),
                         scale_dtype=cfg.get("scale_dtype", "float32"))
     assert_equal(q.dequantize(), r.dequantize(), name="GPTQ(diag H) vs RTN")
     if not cfg.get("act_order") or cfg.get("static_groups") or "group_size" not in cfg:
@@ -174,17 +180,19 @@ def test_power_of_two_scaled_hessian_gives_identical_codes(cfg):
 
 @pytest.mark.parametrize("cfg", [dict(bits=4), dict(bits=3, group_size=32, act_order=True), dict(bits=2, group_size=16)],
                          ids=str)
-def test_losses_sum_to_half_trace(cfg):
-    """sum_j (w_j - q_j)^2 / (2 U_jj^2) = tr(dW (H + lambda I) dW^T) / 2, with the updated w_j."""
+def test_losses_sum_to_the_damped_trace(cfg):
+    """sum_j (w_j - q_j)^2 / U_jj^2 = tr(dW (H + lambda I) dW^T), with the updated w_j (for H = X^T X: the
+    output error plus lambda ||dW||^2, tests/test_calibration.py)."""
     W, H, _ = small_problem(4)
     q = gptq_quantize(W, H, damp=0.01, **cfg)
     dW = W.astype(np.float64) - q.dequantize()
     Hl = H.astype(np.float64) + 0.01 * np.mean(np.diag(H).astype(np.float64)) * np.eye(len(H))
-    assert_close(q.losses.sum(), 0.5 * np.trace(dW @ Hl @ dW.T), rtol=1e-5, name="sum of losses")
+    assert_close(q.losses.sum(), np.trace(dW @ Hl @ dW.T), rtol=1e-5, name="sum of losses")
 
 
 @pytest.mark.parametrize("cfg", [dict(bits=4), dict(bits=4, act_order=True), dict(bits=3, group_size=16, act_order=True),
-                                 dict(bits=4, sym=True, group_size=32, act_order=True, static_groups=True)], ids=str)
+                                 dict(bits=4, symmetric=True, group_size=32, act_order=True, static_groups=True)],
+                         ids=str)
 def test_dead_inputs_give_zero_columns(cfg):
     W, _, X = small_problem(5)
     dead = [5, 40, 77]
@@ -265,15 +273,15 @@ def test_container_layouts(layer):
     assert rel_err(W, h.dequantize(), X) == pytest.approx(0.00728, rel=0.03)
 
 
-def test_hessian_running_mean():
+def test_hessian_sums_over_tokens():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 50, 8)).astype(np.float32)
     h = Hessian(8)
-    h.add_batch(X[:2])          # 2 sequences
-    h.add_batch(X[2])           # 1 sequence ([seq, in])
-    assert h.n == 3
+    h.add_batch(X[:2])          # 2 sequences: 100 tokens
+    h.add_batch(X[2])           # [tokens, in]: 50 tokens
+    assert h.n == 150
     Xf = X.reshape(-1, 8).astype(np.float64)
-    assert_close(h.H, 2.0 / 3 * Xf.T @ Xf, rtol=1e-5, atol=1e-5)
+    assert_close(h.H, Xf.T @ Xf, rtol=1e-5, atol=1e-5)
 
 
 def test_hessian_accumulates_the_sum_in_float64_and_rejects_nonfinite_inputs():
@@ -282,14 +290,14 @@ def test_hessian_accumulates_the_sum_in_float64_and_rejects_nonfinite_inputs():
     h = Hessian(16)
     for a in range(0, 40, 8):
         h.add_batch(X[a:a + 8])
-    assert h.XtX.dtype == np.float64 and h.n == 40
+    assert h.XtX.dtype == np.float64 and h.n == 40 * 64
     Xf = X.reshape(-1, 16).astype(np.float64)
     exact = Xf.T @ Xf
     # float32 dot products of 8 x 64 terms (bound gamma_512 * sum |x_i x_j|), float64 total (exact enough)
     bound = 512 * np.finfo(np.float32).eps * (np.abs(Xf).T @ np.abs(Xf))
     assert (np.abs(h.XtX - exact) <= bound).all()
     assert_equal(h.XtX, h.XtX.T, name="symmetric")
-    assert (np.abs(h.H - 2.0 / 40 * exact) <= 2.0 / 40 * bound + 1e-6 * np.abs(h.H)).all()
+    assert (np.abs(h.H - exact) <= bound + 1e-6 * np.abs(h.H)).all()
     assert_equal(Hessian(3).H, np.zeros((3, 3), np.float32), name="H before any batch")
     for bad in (np.nan, np.inf, -np.inf):
         Xb = X[0].copy()
@@ -336,7 +344,8 @@ def test_torch_matches_numpy_by_output_error(layer, device):
     torch = pytest.importorskip("torch")
     W, X, H = layer
     W = W[:256]                                   # rows are independent: a slice keeps the test quick
-    for cfg in (dict(bits=4), dict(bits=3, group_size=64, act_order=True), dict(bits=4, group_size=128, sym=True)):
+    for cfg in (dict(bits=4), dict(bits=3, group_size=64, act_order=True),
+                dict(bits=4, group_size=128, symmetric=True)):
         qt = gptq_quantize(torch.from_numpy(W).to(device), torch.from_numpy(H).to(device), **cfg)
         W_hat = qt.dequantize()
         assert isinstance(W_hat, torch.Tensor) and W_hat.device.type == device
@@ -361,8 +370,6 @@ def test_bad_input():
         (dict(W=W, H=H, group_size=-2), "group_size must be"),
         (dict(W=W, H=H, damp=-0.1), "damp must be"),
         (dict(W=W, H=H, block_size=0), "block_size must be"),
-        (dict(W=W, H=H, impl="torch"), "impl='torch' needs torch"),
-        (dict(W=W, H=H, impl="cuda"), "impl must be one of"),
         (dict(W=W, H=H, group_params="new"), "group_params must be"),
         (dict(W=W, H=-np.eye(32, dtype=np.float32)), "negative diagonal"),
         (dict(W=W, H=2 * np.ones((32, 32), np.float32) - np.eye(32, dtype=np.float32)), "not positive definite"),
@@ -375,10 +382,17 @@ def test_bad_input():
         gptq_quantize(W.tolist(), H, bits=4)
     with pytest.raises(TypeError, match="bits must be an int"):
         gptq_quantize(W, H, bits=4.0)
+    with pytest.raises(TypeError, match="block_size must be an int"):
+        gptq_quantize(W, H, bits=4, block_size=32.0)
     with pytest.raises(ValueError, match="X must be"):
         Hessian(32).add_batch(np.zeros((5, 31), np.float32))
     with pytest.raises(ValueError, match="n_in must be"):
         Hessian(0)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="W and H must both be numpy arrays or both torch tensors"):
+        gptq_quantize(torch.from_numpy(W), H, bits=4)
+    with pytest.raises(TypeError, match="gptq_quantize_reference is the NumPy reference"):
+        gptq_quantize_reference(torch.from_numpy(W), torch.from_numpy(H), bits=4)
 
 
 # --- model level: sequential GPTQ on SmolLM2 (fast setting: a few short windows, two blocks) -------
@@ -498,6 +512,8 @@ def test_model_bad_calibration(smollm2):
         gptq_model(smollm2, np.zeros((0, 16), np.int64), bits=4)
     with pytest.raises(TypeError, match="integer token ids"):
         gptq_model(smollm2, np.zeros((2, 16), np.float32), bits=4)
+    with pytest.raises(ValueError, match="calibration must be windows"):      # a flat sequence: calibration_ids
+        gptq_model(smollm2, np.zeros(16, np.int64), bits=4)
     with pytest.raises(ValueError, match="blocks must be"):
         gptq_model(smollm2, np.zeros((2, 16), np.int64), bits=4, blocks=[30])
     with pytest.raises(ValueError, match="batch_size must be"):
@@ -508,9 +524,9 @@ def test_scheme_kwargs():
     from minq import registry
     from minq.gptq_model import SCHEMES, scheme_kwargs
 
-    assert scheme_kwargs("gptq-w3g64-act-ts") == dict(bits=3, group_size=64, sym=False, act_order=True,
+    assert scheme_kwargs("gptq-w3g64-act-ts") == dict(bits=3, group_size=64, symmetric=False, act_order=True,
                                                       static_groups=False, true_sequential=True)
-    assert scheme_kwargs("gptq-w4-sym") == dict(bits=4, group_size=-1, sym=True, act_order=False,
+    assert scheme_kwargs("gptq-w4-sym") == dict(bits=4, group_size=-1, symmetric=True, act_order=False,
                                                 static_groups=False, true_sequential=False)
     for bad in ("gptq-w4-ts-act", "rtn-w4", "gptq-w9", "gptq-w4g0", None):
         with pytest.raises(ValueError, match="GPTQ scheme name|bits must be|group size"):

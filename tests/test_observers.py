@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minq import affine, registry
+from minq import affine, observers, registry
 from minq.groups import quantize_groups
 from minq.observers import (
     MinMaxObserver,
@@ -14,6 +14,7 @@ from minq.observers import (
     clip_error,
     make_observer,
     mse_search,
+    mse_search_reference,
 )
 from minq.ptq import quantize_weight_observed
 from minq.testing import assert_equal, float_arrays, weight_matrices
@@ -29,7 +30,10 @@ def _rows(draw_arr):
 
 
 @given(float_arrays(max_abs=1e3), st.integers(2, 8), st.booleans())
-def test_mse_observer_never_worse_than_minmax(x, bits, sym):
+def test_mse_observer_range_is_the_grid_argmin(x, bits, sym):
+    """The MSE range is the argmin of the squared error over the grid ``r * [min, max]``, ``r = 1 - i / 100``,
+    ``i < 80``, searched here by brute force with chapter 02's ``choose_qparams`` / ``fake_quantize``.
+    "Never worse than min-max" (checked too) holds by construction: ``r = 1`` is a candidate."""
     x = _rows(x)
     kw = dict(bits=bits, symmetric=sym, axis=1)
     mm = MinMaxObserver(**kw).update(x)
@@ -39,6 +43,12 @@ def test_mse_observer_never_worse_than_minmax(x, bits, sym):
         e_mm = _sq_error(x[r], affine.QParams(qm.s[r], qm.z[r], bits, sym))
         e_mse = _sq_error(x[r], affine.QParams(qs.s[r], qs.z[r], bits, sym))
         assert e_mse <= e_mm * (1 + 1e-12) + 1e-30
+        lo, hi = x[r].min(), x[r].max()
+        grid = [_sq_error(x[r], affine.choose_qparams(np.array([np.float32(1 - i / 100) * lo,
+                                                                 np.float32(1 - i / 100) * hi]),
+                                                       bits=bits, symmetric=sym)) for i in range(80)]
+        # equal up to the order of the float64 sums (the search sums left to right)
+        assert abs(e_mse - min(grid)) <= 1e-12 * min(grid) + 1e-30, (r, e_mse, min(grid), int(np.argmin(grid)))
 
 
 @given(weight_matrices(), st.sampled_from([2, 3, 4]), st.booleans())
@@ -185,22 +195,29 @@ def test_numba_mse_search_equals_the_numpy_reference(x, bits, grid_kind, scale_d
               scale_dtype=scale_dtype, axis=1, grid=grid)
     if scale_dtype == "float16" and np.abs(x).max() > 1e3:
         return
-    ref = MSEObserver(impl="numpy", **kw).update(x)
-    fast = MSEObserver(impl="numba", **kw).update(x)
-    lo, hi = ref.lo.reshape(-1, 1), ref.hi.reshape(-1, 1)
-    r_ref, e_ref = mse_search(ref.sample(), lo, hi, ref, impl="numpy")
-    r_fast, e_fast = mse_search(fast.sample(), lo, hi, fast, impl="numba")
+    obs = MSEObserver(**kw).update(x)
+    lo, hi = obs.lo.reshape(-1, 1), obs.hi.reshape(-1, 1)
+    r_ref, e_ref = mse_search_reference(obs.sample(), lo, hi, obs)
+    r_fast, e_fast = mse_search(obs.sample(), lo, hi, obs)
     assert_equal(r_fast, r_ref)
     assert_equal(e_fast, e_ref)
-    assert_equal(np.array(fast.range()), np.array(ref.range()))
-    assert_equal(fast.qparams().s, ref.qparams().s)
+    assert_equal(np.array(obs.range()), np.array([(r_ref * lo).reshape(obs.lo.shape), (r_ref * hi).reshape(obs.lo.shape)]))
+    assert_equal(obs.qparams().s, _with_reference_search(lambda: MSEObserver(**kw).update(x).qparams().s))
+
+
+def _with_reference_search(fn):
+    """``fn()`` with the observers' MSE search swapped for the readable ``mse_search_reference``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(observers, "mse_search", mse_search_reference)
+        return fn()
 
 
 @given(weight_matrices(), st.sampled_from([2, 3, 4, 8]), st.booleans())
 def test_rtn_mse_weights_equal_with_either_search(Wg, bits, sym):
     W, g = Wg
-    a = quantize_weight_observed(W, bits=bits, group_size=g, symmetric=sym, observer="mse", impl="numpy")
-    b = quantize_weight_observed(W, bits=bits, group_size=g, symmetric=sym, observer="mse", impl="numba")
+    kw = dict(bits=bits, group_size=g, symmetric=sym, observer="mse")
+    a = _with_reference_search(lambda: quantize_weight_observed(W, **kw))
+    b = quantize_weight_observed(W, **kw)
     assert_equal(b.codes, a.codes)
     assert_equal(b.s, a.s)
 
@@ -208,19 +225,18 @@ def test_rtn_mse_weights_equal_with_either_search(Wg, bits, sym):
 def test_mse_search_on_real_weights_equal_and_clips(rng):
     """A SmolLM2-shaped layer (4-bit g64, heavy-tailed weights): both searches agree and clip some groups."""
     W = (rng.standard_t(3, (256, 576)) * 0.02).astype(np.float32)
-    a = quantize_weight_observed(W, bits=4, group_size=64, observer="mse", impl="numpy")
-    b = quantize_weight_observed(W, bits=4, group_size=64, observer="mse", impl="numba")
+    a = _with_reference_search(lambda: quantize_weight_observed(W, bits=4, group_size=64, observer="mse"))
+    b = quantize_weight_observed(W, bits=4, group_size=64, observer="mse")
     assert_equal(b.codes, a.codes)
     assert_equal(b.s, a.s)
     assert (a.s < quantize_groups(W, bits=4, group_size=64).s).mean() > 0.5      # most groups clipped
 
 
-def test_bad_mse_impl():
-    with pytest.raises(ValueError, match="impl"):
-        MSEObserver(impl="cuda")
-    o = MSEObserver().update(np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match="impl"):
-        mse_search(o.sample(), o.lo, o.hi, o, impl="torch")
+def test_integer_arguments_must_be_ints():
+    for make, match in ((lambda: MSEObserver(grid=10.0), "grid must be an int"),
+                        (lambda: MinMaxObserver(max_samples=2.5), "max_samples must be an int")):
+        with pytest.raises(TypeError, match=match):
+            make()
 
 
 # --- ragged last groups (rtn-w4g128-ragged on 576 inputs) ---------------------------------------------------

@@ -156,8 +156,10 @@ def test_calibrate_shares_observers_between_linears_that_read_one_input(model, c
     assert obs["blk.0.ffn_gate"] is obs["blk.0.ffn_up"]
     assert len({id(o) for o in obs.values()}) == 4
     assert obs["blk.0.ffn_down"].lo.shape == (1, model.config.hidden_dim) and obs["blk.0.attn_q"].n == 32
-    with pytest.raises(ValueError, match="calibration"):
+    with pytest.raises(TypeError, match="calibration must be integer token ids"):
         calibrate(model, np.zeros((2, 4), np.float32), lambda name: MinMaxObserver())
+    with pytest.raises(ValueError, match="calibration must be windows"):          # minq.calibration's one check
+        calibrate(model, np.zeros(8, np.int64), lambda name: MinMaxObserver())
 
 
 # --- SmoothQuant ---------------------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ def test_scheme_names_and_calibration_flags():
 def test_calibrated_schemes_without_calibration_fail_clearly(model, name):
     with pytest.raises(ValueError, match="calibration"):
         registry.get(name).apply(model, None, progress=False)
-    with pytest.raises(ValueError, match="calibration"):
+    with pytest.raises(TypeError, match="calibration must be integer token ids"):
         registry.get(name).apply(model, np.ones((2, 8), np.float32), progress=False)
 
 
@@ -256,14 +258,44 @@ def ref_ppl(model, ids):
     return minq.perplexity(model, ids, 256, progress=False)
 
 
-@pytest.mark.parametrize("name", ["w8a8", "w8a8-dynamic", "w8a8-mse", "smoothquant-w8a8", "llmint8"])
-def test_every_scheme_round_trips_through_minq_quantize(model, cal, ids, ref_ppl, name):
+# perplexity / float on these 256 tokens (one window, float 15.645), calibration cal[:, :128], measured:
+# w8a8 2.29, w8a8-dynamic 1.065, w8a8-mse 1.548, smoothquant-w8a8 1.396, llmint8 1.047 (the full protocol
+# of the chapter, 16 x 512 tokens: +129%, +4.0%, +40%, +32%, +2.7%). Bounds: the per-token schemes close to
+# float (1.15, 8-10% above the measurement), the static ones within a factor about 30% above theirs; a
+# quantizer that breaks the model lands far beyond (hundreds). 1 and 2 BLAS threads give the same values.
+W8A8_PPL_RATIO_BOUND = {"w8a8": 3.0, "w8a8-dynamic": 1.15, "w8a8-mse": 2.0, "smoothquant-w8a8": 1.8, "llmint8": 1.15}
+
+
+@pytest.fixture(scope="module")
+def scheme_ppl():
+    """{scheme: perplexity on ``ids``}, filled by the round-trip tests, shared with the ordering test."""
+    return {}
+
+
+def _scheme_ppl(scheme_ppl, model, cal, ids, name):
+    if name not in scheme_ppl:
+        q = minq.quantize(model, name, cal[:, :128], progress=False)
+        scheme_ppl[name] = minq.perplexity(q, ids, 256, progress=False)
+    return scheme_ppl[name]
+
+
+@pytest.mark.parametrize("name", list(W8A8_PPL_RATIO_BOUND))
+def test_every_scheme_round_trips_through_minq_quantize(model, cal, ids, ref_ppl, scheme_ppl, name):
     q = minq.quantize(model, name, cal[:, :128], progress=False)
     assert isinstance(q, ActQuantModel)
     assert 8 < 8 * q.nbytes / sum(w.shape[0] * w.shape[1] for w in q.weights.values()) < 8.1
-    ppl = minq.perplexity(q, ids, 256, progress=False)                  # one window of 256 tokens
-    assert np.isfinite(ppl) and ppl > ref_ppl * 0.9
+    ppl = scheme_ppl[name] = minq.perplexity(q, ids, 256, progress=False)        # one window of 256 tokens
+    assert np.isfinite(ppl) and ref_ppl * 0.9 < ppl < ref_ppl * W8A8_PPL_RATIO_BOUND[name], (ppl, ref_ppl)
     assert q.logits(ids[:8]).shape == (8, model.config.vocab_size)
+
+
+def test_w8a8_orderings_the_chapter_claims(model, cal, ids, scheme_ppl):
+    """Per-token scales beat one static scale, and so do SmoothQuant, the MSE observer and LLM.int8
+    (measured above: 16.7, 21.8, 24.2, 16.4 vs static 35.8; each pair is 1.5x apart or more)."""
+    ppl = {n: _scheme_ppl(scheme_ppl, model, cal, ids, n) for n in W8A8_PPL_RATIO_BOUND}
+    for better in ("w8a8-dynamic", "smoothquant-w8a8", "w8a8-mse", "llmint8"):
+        assert ppl[better] < ppl["w8a8"], (better, ppl)
+    assert ppl["w8a8-dynamic"] < ppl["smoothquant-w8a8"], ppl        # per-token scales beat static SmoothQuant
 
 
 # --- LlamaModel.with_norms --------------------------------------------------------------------------------
