@@ -41,7 +41,7 @@ from minq.calibration import Hessian, check_blocks, check_calibration, forward_b
 from minq.folding import fold_scales
 from minq.groups import quantize_groups
 
-__all__ = ["awq_block", "awq_model", "NO_CLIP", "AWQ_SAMPLES", "SEARCH_WINDOWS", "SCHEMES"]
+__all__ = ["awq_block", "awq_model", "NO_CLIP", "AWQ_SAMPLES", "SEARCH_WINDOWS"]
 
 NO_CLIP = ("attn_q", "attn_k")
 AWQ_SAMPLES = 32          # calibration windows the awq-* schemes use (of the 128 minq.quantize gives)
@@ -194,7 +194,7 @@ def _awq(m) -> registry.Scheme:
         raise ValueError(f"scheme {m.string!r}: bits must be in 2..8")
     if group <= 0:
         raise ValueError(f"scheme {m.string!r}: group size must be > 0")
-    gptq = m["gptq"] is not None
+    gptq = m.groupdict().get("gptq") is not None
 
     def quantize_model(model, calibration, progress=True):
         cal = None if calibration is None else calibration[:AWQ_SAMPLES]
@@ -210,7 +210,8 @@ def _awq(m) -> registry.Scheme:
     return registry.Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=True)
 
 
-registry.register_family(r"awq(?P<gptq>\+gptq)?-w(?P<bits>\d+)g(?P<group>\d+)", _awq, "awq[+gptq]-w{bits}g{group}")
-
-# The AWQ schemes of chapter 07's table (the default `minq report` runs them).
-SCHEMES = ["awq-w4g64", "awq-w3g64"]
+# The AWQ schemes of chapter 07's table: the full report runs them, the quick one the 4-bit one.
+registry.register_family("awq", r"awq-w(?P<bits>\d+)g(?P<group>\d+)", _awq, "awq-w{bits}g{group}",
+                         defaults=("awq-w4g64", "awq-w3g64"), quick=("awq-w4g64",))
+registry.register_family("awq+gptq", r"awq(?P<gptq>\+gptq)-w(?P<bits>\d+)g(?P<group>\d+)", _awq,
+                         "awq+gptq-w{bits}g{group}")

@@ -43,7 +43,7 @@ from minq.calibration import Hessian, check_blocks, check_calibration, forward_b
 from minq.gptq import GPTQWeight, gptq_quantize
 from minq.groups import GroupedAffine
 
-__all__ = ["gptq_model", "input_groups", "collect_hessians", "scheme_kwargs", "SCHEMES"]
+__all__ = ["gptq_model", "input_groups", "collect_hessians", "scheme_kwargs"]
 
 
 def input_groups(model, i: int) -> dict:
@@ -205,9 +205,7 @@ def _gptq(m: re.Match) -> registry.Scheme:
     return registry.Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=True)
 
 
-registry.register_family(PATTERN.pattern, _gptq, "gptq-w{bits}[g{group}][-sym][-act][-static][-ts]")
-
-# What the default ``minq report`` runs (``registry.default_schemes()`` gathers it). Each GPTQ scheme
+# What ``minq report`` runs: ``defaults`` (the full report), ``quick`` (the first run). Each GPTQ scheme
 # calibrates on 128 x 512 tokens: about 59 block forwards over 65,536 tokens each. Measured for
 # gptq-w4g64 (benchmarks/bench_gptq_model.py): 81 min wall on the 2 shared cores at load average 11,
 # 93 s for the first 4 blocks at load 5 (12 min extrapolated, ~5-8 min on 2 idle cores from its CPU
@@ -216,4 +214,6 @@ registry.register_family(PATTERN.pattern, _gptq, "gptq-w{bits}[g{group}][-sym][-
 # also appear, which makes the table a direct comparison of the three methods. The rest — gptq-w4 and
 # gptq-w2g64, every scheme without -act, the -ts (true-sequential) variants — is registered: run it
 # with ``minq report --schemes gptq-w4,gptq-w4-act,...``.
-SCHEMES = ["gptq-w4g64-act", "gptq-w3g64-act"]
+registry.register_family("gptq", PATTERN.pattern, _gptq, "gptq-w{bits}[g{group}][-sym][-act][-static][-ts]",
+                         defaults=("gptq-w4g64-act", "gptq-w3g64-act"), quick=("gptq-w4g64-act",))
+

@@ -51,7 +51,7 @@ from minq.observers import make_observer
 from minq.registry import Scheme, register_family
 
 __all__ = ["quantize_weight_observed", "Int8Activations", "int8_matmul", "int8_weight", "ActQuantModel",
-           "calibrate", "quantize_w8a8", "sentence_calibration", "MODES", "SCHEMES"]
+           "calibrate", "quantize_w8a8", "sentence_calibration", "MODES"]
 
 MODES = ("static", "dynamic", "outlier")
 
@@ -100,8 +100,8 @@ def _rtn_observed(m: re.Match) -> Scheme:
                   quantize_weight=quantize_weight)
 
 
-register_family(r"(?P<base>rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?)-mse", _rtn_observed,
-                "rtn-w{bits}[g{group}][-sym]-mse")
+register_family("rtn-mse", r"(?P<base>rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?)-mse", _rtn_observed,
+                "rtn-w{bits}[g{group}][-sym]-mse", defaults=("rtn-w4g64-mse", "rtn-w3g64-mse", "rtn-w2g64-mse"))
 
 
 def _rtn_ragged(m: re.Match) -> Scheme:
@@ -122,8 +122,8 @@ def _rtn_ragged(m: re.Match) -> Scheme:
                   quantize_weight=quantize_weight)
 
 
-register_family(r"rtn-w(?P<bits>\d+)g(?P<group>\d+)(?P<sym>-sym)?-ragged(?P<mse>-mse)?", _rtn_ragged,
-                "rtn-w{bits}g{group}[-sym]-ragged[-mse]")
+register_family("rtn-ragged", r"rtn-w(?P<bits>\d+)g(?P<group>\d+)(?P<sym>-sym)?-ragged(?P<mse>-mse)?", _rtn_ragged,
+                "rtn-w{bits}g{group}[-sym]-ragged[-mse]", defaults=("rtn-w4g128-ragged",))
 
 
 # --- activations: int8 per tensor (static), per token (dynamic), with outliers (LLM.int8) ----------
@@ -414,11 +414,9 @@ def _llmint8(m: re.Match) -> Scheme:
                   quantize_model=quantize_model)
 
 
-register_family(r"w8a8(?:-(?P<opt>dynamic|mse|p\d+(?:\.\d+)?))?", _w8a8, "w8a8[-dynamic|-mse|-p{percentile}]")
-register_family(r"llmint8(?:-t(?P<t>\d+(?:\.\d+)?))?", _llmint8, "llmint8[-t{threshold}]")
+# What ``minq report`` runs of these families: ``defaults`` (the full report), ``quick`` (the first run).
+register_family("w8a8", r"w8a8(?:-(?P<opt>dynamic|mse|p\d+(?:\.\d+)?))?", _w8a8, "w8a8[-dynamic|-mse|-p{percentile}]",
+                defaults=("w8a8", "w8a8-dynamic"), quick=("w8a8-dynamic",))
+register_family("llmint8", r"llmint8(?:-t(?P<t>\d+(?:\.\d+)?))?", _llmint8, "llmint8[-t{threshold}]",
+                defaults=("llmint8",), quick=("llmint8",))
 
-# What ``minq report`` runs by default from this chapter (``registry.default_schemes()`` gathers it after
-# the RTN list of ``minq.registry``): W4 g128 (ragged on SmolLM2's 576 inputs), the MSE observer where
-# it is measured against min-max RTN, and the W8A8 family (SmoothQuant's rows: ``minq.smoothquant``).
-SCHEMES = ["rtn-w4g128-ragged", "rtn-w4g64-mse", "rtn-w3g64-mse", "rtn-w2g64-mse",
-           "w8a8", "w8a8-dynamic", "llmint8"]

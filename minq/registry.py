@@ -10,11 +10,15 @@ the default, which quantizes each linear of ``model.linear_names()`` on its own 
 ``model.with_weights``. Methods that need calibration data (GPTQ, AWQ, activation quantization)
 set ``needs_calibration`` and supply their own ``quantize_model``. Embeddings and norms stay in float.
 
-Names are parsed, not listed one by one: ``rtn-w{bits}`` is round-to-nearest per output channel,
-``rtn-w{bits}g{group}`` per group of ``group`` inputs; asymmetric (integer zero point) by default,
-``-sym`` for symmetric. ``SCHEMES`` holds the RTN names the report runs by default; each method module adds its own
-``SCHEMES`` list (``default_schemes()`` gathers them). Later chapters
-register their own families with ``register_family``.
+Names are parsed, not listed one by one: a *family* is a name pattern and a builder,
+``register_family(family, pattern, builder, example, defaults=..., quick=...)``, registered by its
+chapter's module when the registry first loads the chapters' method modules (``minq.CHAPTERS``). This
+module registers RTN: ``rtn-w{bits}`` is round-to-nearest per output channel, ``rtn-w{bits}g{group}``
+per group of ``group`` inputs; asymmetric (integer zero point) by default, ``-sym`` for symmetric.
+A family's ``defaults`` are what ``minq report --all`` runs of it and ``quick`` what the quick default
+run takes (``default_schemes(quick=...)`` gathers them in chapter order). Two families may never
+claim one name: registering a family whose pattern matches another's listed names (or the reverse)
+raises, and so does a lookup that two patterns match.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dataclasses import dataclass
 
 from minq.groups import quantize_groups
 
-__all__ = ["Scheme", "get", "register_family", "quantize_linears", "SCHEMES", "known", "default_schemes"]
+__all__ = ["Scheme", "Family", "get", "register_family", "quantize_linears", "family_of", "families",
+           "known", "default_schemes", "METHOD_MODULES"]
 
 
 @dataclass(frozen=True)
@@ -62,19 +67,46 @@ def quantize_linears(model, quantize_weight: Callable, *, desc: str = "quantize"
     return model.with_weights(new)
 
 
-# family pattern -> builder(match) -> Scheme
-_FAMILIES: list[tuple[re.Pattern, Callable, str]] = []
+@dataclass(frozen=True)
+class Family:
+    """A family of scheme names: ``builder(match)`` returns the ``Scheme`` of a name that fully matches
+    ``pattern``. ``example`` is shown in error messages; ``defaults`` (what the full report runs) and
+    ``quick`` (what the quick report runs) are names of this family."""
+
+    name: str
+    pattern: re.Pattern
+    builder: Callable
+    example: str
+    defaults: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
 
 
-def register_family(pattern: str, builder: Callable, example: str) -> None:
-    """Register a family of scheme names: ``builder(match)`` returns the ``Scheme`` for a name that
-    fully matches ``pattern``; ``example`` is shown in error messages."""
-    _FAMILIES.append((re.compile(pattern), builder, example))
+_FAMILIES: dict[str, Family] = {}
 
 
-# Chapter modules that register scheme families when imported (imported on first lookup, so that
-# ``import minq`` stays light and a method module can import the registry without a cycle).
-METHOD_MODULES: tuple[str, ...] = ("minq.ptq", "minq.smoothquant", "minq.gptq_model", "minq.awq_model")
+def register_family(family: str, pattern: str, builder: Callable, example: str, *, defaults=(),
+                    quick=()) -> Family:
+    """Register the family ``family`` of scheme names (see ``Family``); returns it.
+
+    Raises ValueError when ``family`` is taken, when a listed name does not match ``pattern``, or when
+    ``pattern`` claims another family's listed names (or another family's pattern claims these).
+    """
+    if not isinstance(family, str) or not family:
+        raise ValueError(f"family must be a non-empty str, got {family!r}")
+    if family in _FAMILIES:
+        raise ValueError(f"family {family!r} is already registered")
+    f = Family(family, re.compile(pattern), builder, example, tuple(defaults), tuple(quick))
+    for name in f.defaults + f.quick:
+        if not f.pattern.fullmatch(name):
+            raise ValueError(f"family {family!r}: listed scheme {name!r} does not match its pattern {pattern!r}")
+    for other in _FAMILIES.values():
+        clash = [n for n in other.defaults + other.quick if f.pattern.fullmatch(n)] + \
+                [n for n in f.defaults + f.quick if other.pattern.fullmatch(n)]
+        if clash:
+            raise ValueError(f"families {family!r} and {other.name!r} both match {clash[0]!r}: make the "
+                             f"patterns disjoint")
+    _FAMILIES[family] = f
+    return f
 
 
 def _load_methods() -> None:
@@ -84,32 +116,48 @@ def _load_methods() -> None:
         importlib.import_module(mod)
 
 
-def get(name: str) -> Scheme:
-    """The scheme called ``name``; ValueError listing the known names and patterns otherwise."""
+def _match(name: str) -> tuple[Family, re.Match]:
     if not isinstance(name, str):
         raise TypeError(f"scheme must be a str, got {type(name).__name__}")
     _load_methods()
-    for pat, builder, _ in _FAMILIES:
-        m = pat.fullmatch(name)
-        if m:
-            return builder(m)
-    raise ValueError(f"unknown scheme {name!r}; known: {', '.join(known())} "
-                     f"(patterns: {', '.join(ex for _, _, ex in _FAMILIES)})")
+    hits = [(f, m) for f in _FAMILIES.values() if (m := f.pattern.fullmatch(name))]
+    if len(hits) > 1:
+        raise ValueError(f"scheme {name!r} matches the families {[f.name for f, _ in hits]}: their patterns "
+                         f"overlap (a registry bug)")
+    if not hits:
+        raise ValueError(f"unknown scheme {name!r}; known: {', '.join(known())} "
+                         f"(patterns: {', '.join(f.example for f in _FAMILIES.values())})")
+    return hits[0]
+
+
+def get(name: str) -> Scheme:
+    """The scheme called ``name``; ValueError listing the known names and patterns otherwise."""
+    family, m = _match(name)
+    return family.builder(m)
+
+
+def family_of(name: str) -> str:
+    """The family of scheme ``name`` (``"rtn"``, ``"gptq"``, ...); ValueError for an unknown name."""
+    return _match(name)[0].name
+
+
+def families() -> list[Family]:
+    """Every registered family, in chapter order."""
+    _load_methods()
+    return list(_FAMILIES.values())
 
 
 def known() -> list[str]:
-    return list(SCHEMES)
+    """Every family's listed scheme names (the full report's), in chapter order."""
+    return default_schemes()
 
 
-def default_schemes() -> list[str]:
-    """The schemes ``minq report`` runs by default: the RTN ``SCHEMES`` here, then each method module's
-    own ``SCHEMES`` list (chapter order of ``METHOD_MODULES``), without repeats."""
-    import importlib
-
-    _load_methods()
-    names = list(SCHEMES)
-    for mod in METHOD_MODULES:
-        names += [n for n in getattr(importlib.import_module(mod), "SCHEMES", []) if n not in names]
+def default_schemes(quick: bool = False) -> list[str]:
+    """What ``minq report`` runs: every family's ``defaults`` (``quick=False``, the full report) or its
+    ``quick`` names (a newcomer's first run), in chapter order, without repeats."""
+    names = []
+    for f in families():
+        names += [n for n in (f.quick if quick else f.defaults) if n not in names]
     return names
 
 
@@ -130,10 +178,20 @@ def _rtn(m: re.Match) -> Scheme:
     return Scheme(m.string, desc, quantize_weight=quantize_weight)
 
 
-register_family(r"rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?", _rtn, "rtn-w{bits}[g{group}][-sym]")
+# The RTN schemes the full report runs (widest to narrowest) and the quick run's two.
+register_family("rtn", r"rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?", _rtn, "rtn-w{bits}[g{group}][-sym]",
+                defaults=("rtn-w8", "rtn-w8-sym", "rtn-w4", "rtn-w4-sym", "rtn-w4g64", "rtn-w4g32", "rtn-w4g64-sym",
+                          "rtn-w3g64", "rtn-w3g64-sym", "rtn-w2g64"),
+                quick=("rtn-w8", "rtn-w4g64"))
 
-# The schemes the report runs by default, widest to narrowest.
-SCHEMES = [
-    "rtn-w8", "rtn-w8-sym", "rtn-w4", "rtn-w4-sym", "rtn-w4g64", "rtn-w4g32", "rtn-w4g64-sym",
-    "rtn-w3g64", "rtn-w3g64-sym", "rtn-w2g64",
-]
+
+def _method_modules() -> tuple[str, ...]:
+    """The chapters' method modules (``minq.CHAPTERS``), in chapter order; this module itself excluded."""
+    from minq.chapters import CHAPTERS
+
+    return tuple(m for ch in CHAPTERS for m in ch.methods if m != __name__)
+
+
+# Imported on first lookup (so that ``import minq`` stays light and a method module can import the
+# registry without a cycle): the modules that register the other families.
+METHOD_MODULES: tuple[str, ...] = _method_modules()

@@ -54,7 +54,7 @@ from minq.observers import MinMaxObserver
 from minq.ptq import quantize_w8a8
 from minq.registry import Scheme, register_family
 
-__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA", "SCHEMES"]
+__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA"]
 
 ALPHA = 0.5
 
@@ -166,8 +166,6 @@ def _smoothquant(m: re.Match) -> Scheme:
                             f"int8 activations {act}", quantize_model=quantize_model, needs_calibration=True)
 
 
-register_family(r"smoothquant-w8a8(?P<dyn>-dynamic)?(?P<paper>-norms)?(?:-a(?P<alpha>\d+(?:\.\d+)?))?",
-                _smoothquant, "smoothquant-w8a8[-dynamic][-norms][-a{alpha}]")
-
-# What ``minq report`` runs by default from this module (``registry.default_schemes()``).
-SCHEMES = ["smoothquant-w8a8", "smoothquant-w8a8-dynamic"]
+register_family("smoothquant", r"smoothquant-w8a8(?P<dyn>-dynamic)?(?P<paper>-norms)?(?:-a(?P<alpha>\d+(?:\.\d+)?))?",
+                _smoothquant, "smoothquant-w8a8[-dynamic][-norms][-a{alpha}]",
+                defaults=("smoothquant-w8a8", "smoothquant-w8a8-dynamic"), quick=("smoothquant-w8a8-dynamic",))

@@ -328,7 +328,10 @@ def test_model_level_lives_in_awq_model_and_stays_importable_from_awq():
     import minq.awq_model
 
     assert awq_model is minq.awq_model.awq_model and minq.awq.awq_block is minq.awq_model.awq_block
-    assert "minq.awq_model" in registry.METHOD_MODULES and minq.awq_model.SCHEMES == ["awq-w4g64", "awq-w3g64"]
+    assert "minq.awq_model" in registry.METHOD_MODULES
+    fam = {f.name: f for f in registry.families()}
+    assert fam["awq"].defaults == ("awq-w4g64", "awq-w3g64") and fam["awq+gptq"].defaults == ()
+    assert registry.family_of("awq+gptq-w4g64") == "awq+gptq" and registry.family_of("awq-w4g64") == "awq"
     with pytest.raises(AttributeError, match="no attribute 'awq_blocks'"):
         minq.awq.awq_blocks  # noqa: B018
 

@@ -522,7 +522,7 @@ def test_model_bad_calibration(smollm2):
 
 def test_scheme_kwargs():
     from minq import registry
-    from minq.gptq_model import SCHEMES, scheme_kwargs
+    from minq.gptq_model import scheme_kwargs
 
     assert scheme_kwargs("gptq-w3g64-act-ts") == dict(bits=3, group_size=64, symmetric=False, act_order=True,
                                                       static_groups=False, true_sequential=True)
@@ -531,7 +531,9 @@ def test_scheme_kwargs():
     for bad in ("gptq-w4-ts-act", "rtn-w4", "gptq-w9", "gptq-w4g0", None):
         with pytest.raises(ValueError, match="GPTQ scheme name|bits must be|group size"):
             scheme_kwargs(bad)
-    for name in SCHEMES:
+    gptq = {f.name: f for f in registry.families()}["gptq"]
+    assert gptq.defaults == ("gptq-w4g64-act", "gptq-w3g64-act") and gptq.quick == ("gptq-w4g64-act",)
+    for name in gptq.defaults:
         assert scheme_kwargs(name)["group_size"] == 64 and name in registry.default_schemes()
     from minq import registry
 

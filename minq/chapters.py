@@ -1,0 +1,51 @@
+"""The table of chapters: number, title, modules, notebook — the one place that says what minq teaches.
+
+    for ch in minq.CHAPTERS:
+        print(ch.number, ch.title, ch.modules, ch.notebook)
+
+The registry imports the chapters' ``methods`` (the modules that register scheme families) from here,
+in chapter order, so ``minq report`` lists methods in the order a learner meets them; the README's
+chapter table and the notebooks folder are checked against it by ``tests/test_chapters.py``. Adding a
+method: one module that calls ``registry.register_family`` and one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Chapter", "CHAPTERS", "chapter"]
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter: ``modules`` are the files a learner reads (the main one first), ``methods`` the
+    modules among them (or beside them) that register quantization schemes, ``notebook`` its notebook."""
+
+    number: int
+    title: str
+    modules: tuple[str, ...]
+    notebook: str
+    methods: tuple[str, ...] = ()
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(1, "float formats", ("minq/formats.py",), "notebooks/01_float_formats.ipynb"),
+    Chapter(2, "scale and zero point", ("minq/affine.py",), "notebooks/02_scale_zero_point.ipynb"),
+    Chapter(3, "group quantization", ("minq/groups.py", "minq/packing.py"),
+            "notebooks/03_group_quantization.ipynb", methods=("minq.registry",)),
+    Chapter(4, "post-training quantization",
+            ("minq/observers.py", "minq/ptq.py", "minq/smoothquant.py", "minq/folding.py"),
+            "notebooks/04_ptq.ipynb", methods=("minq.ptq", "minq.smoothquant")),
+    Chapter(6, "GPTQ", ("minq/gptq.py", "minq/gptq_model.py"), "notebooks/06_gptq.ipynb",
+            methods=("minq.gptq_model",)),
+    Chapter(7, "AWQ", ("minq/awq.py", "minq/awq_model.py", "minq/folding.py"), "notebooks/07_awq.ipynb",
+            methods=("minq.awq_model",)),
+)
+
+
+def chapter(number: int) -> Chapter:
+    """The chapter numbered ``number``; ValueError listing the chapters that exist."""
+    for ch in CHAPTERS:
+        if ch.number == number:
+            return ch
+    raise ValueError(f"no chapter {number!r}; chapters: {', '.join(f'{c.number:02d}' for c in CHAPTERS)}")
