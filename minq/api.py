@@ -1,14 +1,14 @@
 """``minq.quantize(model, scheme, calibration=None)``: the one entry point of every method
 (``minq.quantize`` is this module's ``quantize``).
 
-The scheme name is looked up in the method registry (``minq.registry``); the model is any minq
-model with ``linear_names()``, ``weights`` and ``with_weights()`` (the Llama and MiniLM testbeds).
+The scheme name is looked up in the method registry (``minq.registry``); the model is any model of
+the model protocol (``minq.models.base.Model``: the Llama and MiniLM testbeds).
 The input model is never modified: the result is a new model that shares the unchanged parts.
 
 calibration: for schemes that need it (``Scheme.needs_calibration``), text (str) or token ids
 [n_samples, seq_len] (or one flat sequence); None means the calibration part of minq's ``data/``
-(``minq.data.calibration_tokens``: 128 windows of 512 tokens, seeded; for a sentence encoder such as
-MiniLM, 128 of its lines as padded sentences: ``minq.ptq.sentence_calibration``).
+(``model.calibration_ids()``: for a decoder 128 windows of 512 tokens, seeded; for a sentence encoder
+such as MiniLM, 128 of its lines as padded sentences).
 """
 
 from __future__ import annotations
@@ -22,16 +22,8 @@ __all__ = ["quantize", "calibration_ids"]
 
 def calibration_ids(model, calibration=None, *, n_samples: int = 128, seq_len: int = 512, seed: int = 0):
     """Calibration token ids ``[n, seq_len]`` (int64) from text, ids, or minq's calibration text."""
-    if calibration is None:
-        from minq.data import calibration_tokens
-        from minq.models.bert import BertEncoder
-
-        if isinstance(model, BertEncoder):                      # sentences, not windows of one long text
-            from minq.ptq import sentence_calibration
-
-            return sentence_calibration(model, n_samples=n_samples, seed=seed)
-
-        return calibration_tokens(model.tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed)
+    if calibration is None:                  # the model's own default (windows of text, or sentences)
+        return model.calibration_ids(n_samples=n_samples, seq_len=seq_len, seed=seed)
     if isinstance(calibration, str):
         if not calibration.strip():
             raise ValueError("calibration text is empty")
@@ -56,8 +48,9 @@ def quantize(model, scheme: str, calibration=None, *, progress: bool = True):
 
     Raises ValueError for an unknown scheme (listing the known ones) and for unusable calibration.
     """
+    from minq.models.base import Model, require
+
     s = registry.get(scheme)
-    if not hasattr(model, "linear_names") or not hasattr(model, "with_weights"):
-        raise TypeError(f"model must be a minq model (minq.load_model), got {type(model).__name__}")
+    require(model, Model, "minq.quantize")
     cal = calibration_ids(model, calibration) if s.needs_calibration else None
     return s.apply(model, cal, progress=progress)

@@ -5,7 +5,7 @@ The layer algorithm (the scale grid ``s(alpha) = x_bar^alpha / sqrt(max * min)``
 ``auto_scale.py`` / ``auto_clip.py``) answers per decoder block, and minq with it:
 
 1. **Which linears share a scale.** The linears that read one input share one ``s``, and ``1 / s`` is
-   folded into the operation that produces that input (``minq.folding.TARGETS``), so the float model
+   folded into the operation that produces that input (``model.fold_targets()``), so the float model
    is unchanged:
 
        "qkv"      attn_q, attn_k, attn_v   <- attn_norm    loss: attention output (after attn_output, float)
@@ -63,11 +63,12 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
     gammas divided by the scales; ``y [n, T, d]`` the block's float outputs (the next block's inputs);
     ``info`` ``{target: (alpha, losses)}``.
     """
-    from minq.models.llama import DenseWeight
+    from minq.models.weights import DenseWeight
 
     c = model.config
     p = f"blk.{i}."
-    first = {"qkv": "attn_q", "o": "attn_output", "gate_up": "ffn_gate", "down": "ffn_down"}
+    targets = model.fold_targets()                       # qkv, gate_up, down, o: what reads each input
+    first = {t: ft.consumers[0] for t, ft in targets.items()}
     n_search = check_int(search_windows, "search_windows", lo=1) * x.shape[1]      # search tokens
     # per target input: sum |x| over all tokens (x_bar), H = X^T X over the first n_search tokens
     abs_sum = {t: np.zeros(model.weights[p + n].shape[1], np.float64) for t, n in first.items()}
@@ -125,8 +126,7 @@ def awq_block(model, i, x, *, bits: int, group_size, alphas=ALPHAS, clip: bool =
     W = {n: np.array(folded.weights[p + n].dequantize(), np.float32) for n in W}
     norms = {p + n: folded.norms[p + n] for n in ("attn_norm", "ffn_norm")}
     if clip:
-        inputs = {"attn_q": "qkv", "attn_k": "qkv", "attn_v": "qkv", "attn_output": "o", "ffn_gate": "gate_up",
-                  "ffn_up": "gate_up", "ffn_down": "down"}
+        inputs = {n: t for t, ft in targets.items() for n in ft.consumers}         # linear -> its input
         for n, t in inputs.items():
             if n in NO_CLIP:
                 continue
@@ -155,10 +155,13 @@ def awq_model(model, calibration, *, bits: int, group_size, alphas=ALPHAS, clip:
     """
     from tqdm.auto import tqdm
 
-    from minq.models.llama import DenseWeight, LlamaModel
+    from minq.models.base import Decoder, require
+    from minq.models.weights import DenseWeight
 
-    if not isinstance(model, LlamaModel):
-        raise TypeError(f"awq_model needs a Llama model (minq.load_model('smollm2')), got {type(model).__name__}")
+    require(model, Decoder, "awq_model")
+    if not model.fold_targets():
+        raise TypeError(f"awq_model folds its scales into the model: a {type(model).__name__} has no place to "
+                        f"fold them (model.fold_targets() is empty)")
     ids = check_calibration(calibration)
     bits = check_bits(bits)
     check_group_size(group_size, model.config.dim)

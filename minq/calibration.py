@@ -30,7 +30,8 @@ import numpy as np
 
 from minq._checks import check_float_array, check_int, is_int
 
-__all__ = ["check_calibration", "check_blocks", "forward_block", "linear_input", "calibrate", "Hessian"]
+__all__ = ["check_calibration", "check_blocks", "forward_block", "linear_input", "calibrate", "Hessian",
+           "sentence_calibration"]
 
 
 def check_calibration(calibration) -> np.ndarray:
@@ -117,14 +118,12 @@ def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bo
     """Observe the input of every linear over the calibration windows ``ids [n, seq]`` (chapter 04).
 
     make(name) -> a fresh observer (``minq.observers``, anything with ``update(X)``); linears that read
-    the same input (the runtime hands them the same array: q/k/v, gate/up) share one observer. A decoder
-    runs ``embed`` and ``run_block`` only (no output head); an encoder runs ``forward`` with the mask
-    ``ids != [PAD]`` (its hooks see the real tokens only). Returns ``{name: observer}`` for every name
-    of ``names`` (default all linears).
+    the same input (the runtime hands them the same array: q/k/v, gate/up) share one observer. The
+    forward is the model protocol's ``run_linears`` (a decoder: the blocks without the output head; an
+    encoder: with its padding mask, the hooks see the real tokens only). Returns ``{name: observer}`` for
+    every name of ``names`` (default all linears).
     """
     from tqdm.auto import tqdm
-
-    from minq.models.bert import BertEncoder
 
     ids = check_calibration(ids)
     batch_size = check_int(batch_size, "batch_size", lo=1)
@@ -141,17 +140,9 @@ def calibrate(model, ids, make, *, names=None, batch_size: int = 4, progress: bo
             obs[name].update(X)
 
     hooks = {n: hook for n in names}
-    n_blocks = 1 + max(int(n.split(".")[1]) for n in names)
-    encoder = isinstance(model, BertEncoder)
     for a in tqdm(range(0, len(ids), batch_size), desc="calibrate", unit="batch", disable=not progress,
                   leave=False):
-        batch = ids[a:a + batch_size]                                       # [B, T]
-        if encoder:
-            model.forward(batch, batch != model.tokenizer.pad_id, hooks=hooks)
-            continue
-        x = model.embed(batch)                                              # [B, T, d]
-        for i in range(n_blocks):
-            x = model.run_block(i, x, hooks=hooks)
+        model.run_linears(ids[a:a + batch_size], hooks)                     # a batch of windows [B, T]
     return {n: obs[leader[n]] for n in names}
 
 
@@ -190,3 +181,17 @@ class Hessian:
     def H(self):
         """``X^T X`` summed over every token seen, float32 [in, in] (zeros before the first batch)."""
         return self.XtX.astype(np.float32)
+
+
+def sentence_calibration(encoder, n_samples: int = 128, seed: int = 0):
+    """Calibration ids for an encoder: ``n_samples`` lines of minq's calibration text (lines of at least
+    40 characters, drawn without replacement by ``default_rng(seed)``), tokenized as sentences
+    (``[CLS] ... [SEP]``) and padded with ``[PAD]``: int64 ``[n_samples, T]``. ``minq.quantize``'s
+    default (windows of 512 tokens of one long text) does not suit a sentence encoder."""
+    from minq.data import calibration_text
+
+    lines = [t.strip() for t in calibration_text().splitlines() if len(t.strip()) >= 40]
+    n_samples = check_int(n_samples, "n_samples", lo=1, hi=len(lines))
+    pick = np.random.default_rng(seed).choice(len(lines), size=n_samples, replace=False)
+    ids, _ = encoder.tokenizer.batch([lines[i] for i in sorted(pick)])
+    return ids

@@ -1,12 +1,13 @@
-"""Per-input-channel scales folded into a Llama model, leaving its float function unchanged.
+"""Per-input-channel scales folded into a model, leaving its float function unchanged.
 
 Shared by SmoothQuant (chapter 04) and AWQ (chapter 07). A linear ``Y = X W^T`` does not change when
 input channel ``j`` of X is divided by ``s_j`` and column ``j`` of W is multiplied by it:
 
     Y = X W^T = (X diag(s)^-1) (W diag(s))^T
 
-The division goes into the operation that produces X, so no extra operation runs. A Llama block has
-four linear inputs, each with such a place (``TARGETS``):
+The division goes into the operation that produces X, so no extra operation runs. Where that is, the
+model says: ``model.fold_targets()`` is ``{target: FoldTarget}`` (``minq.models.base``) — for a Llama
+block (``minq.models.llama_weights.fold_targets``)::
 
     "qkv"      attn_norm gamma / s   ->  attn_q, attn_k, attn_v columns * s
     "gate_up"  ffn_norm gamma / s    ->  ffn_gate, ffn_up columns * s
@@ -14,30 +15,15 @@ four linear inputs, each with such a place (``TARGETS``):
     "o"        attn_v rows / s       ->  attn_output columns * s  softmax(.) (V / s) = (softmax(.) V) / s
 
 For "o" the scale lives on V's channels: with grouped-query attention the query heads that share a
-KV head read the same V channel, so attn_output's input channel ``(head h, dim d)`` gets the scale of
-V row ``(kv head of h, d)`` (``o_input_to_v_row``).
+KV head read the same V channel (the target's ``channel_map``). A post-LN encoder (MiniLM) has no
+targets: its normed ``h`` feeds both the next linears and the residual.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TARGETS", "fold_scales", "o_input_to_v_row"]
-
-# target -> (what absorbs 1/s: a norm gamma, or the rows of a linear; the linears whose columns get * s)
-TARGETS = {
-    "qkv": (("norm", "attn_norm"), ("attn_q", "attn_k", "attn_v")),
-    "gate_up": (("norm", "ffn_norm"), ("ffn_gate", "ffn_up")),
-    "down": (("rows", "ffn_up"), ("ffn_down",)),
-    "o": (("rows", "attn_v"), ("attn_output",)),
-}
-
-
-def o_input_to_v_row(config):
-    """``[d_model]`` int: for each input channel of attn_output (query head h, dim d), the attn_v row it reads."""
-    hd, g = config.head_dim, config.n_heads // config.n_kv_heads
-    c = np.arange(config.n_heads * hd)
-    return (c // (g * hd)) * hd + c % hd
+__all__ = ["fold_scales"]
 
 
 def fold_scales(model, scales: dict):
@@ -47,8 +33,9 @@ def fold_scales(model, scales: dict):
     Returns a new model (``model`` unchanged) whose changed linears are float ``DenseWeight``s.
     Raises ValueError for an unknown key or a scale of the wrong size, non-finite or <= 0.
     """
-    from minq.models.llama import DenseWeight
+    from minq.models.weights import DenseWeight
 
+    targets = model.fold_targets()
     norms, W = {}, {}
 
     def weight(name):
@@ -56,11 +43,11 @@ def fold_scales(model, scales: dict):
 
     for key, s in scales.items():
         parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "blk" or parts[2] not in TARGETS:
-            raise ValueError(f"scales key {key!r} must be 'blk.<i>.<target>' with target in {list(TARGETS)}")
-        i, t = parts[1], parts[2]
-        (kind, prev), group = TARGETS[t]
-        p = f"blk.{i}.{prev}"
+        if len(parts) != 3 or parts[0] != "blk" or parts[2] not in targets:
+            raise ValueError(f"scales key {key!r} must be 'blk.<i>.<target>' with target in {list(targets)}")
+        i, ft = parts[1], targets[parts[2]]
+        kind, group = ft.kind, ft.consumers
+        p = f"blk.{i}.{ft.producer}"
         s = np.asarray(s, np.float32).reshape(-1)
         n_prev = model.norms[p].shape[0] if kind == "norm" else model.weights[p].shape[0]
         if s.size != n_prev or not np.isfinite(s).all() or (s <= 0).any():
@@ -69,7 +56,7 @@ def fold_scales(model, scales: dict):
             norms[p] = (norms[p] if p in norms else model.norms[p]) / s
         else:
             W[p] = weight(p) / s[:, None]                                    # rows of the previous linear
-        s_cols = s[o_input_to_v_row(model.config)] if t == "o" else s         # [in] of the next linears
+        s_cols = ft.consumer_scale(s)                                         # [in] of the next linears
         for n in group:
             W[f"blk.{i}.{n}"] = weight(f"blk.{i}.{n}") * s_cols[None, :]      # columns * s
     new = model.with_norms(norms) if norms else model

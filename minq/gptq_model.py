@@ -47,13 +47,9 @@ __all__ = ["gptq_model", "input_groups", "collect_hessians", "scheme_kwargs"]
 
 
 def input_groups(model, i: int) -> dict:
-    """``{first linear name: [linear names that read the same input]}`` of block ``i``: Llama's ``GROUPS``
-    (q/k/v, o, gate/up, down), else one group per linear."""
-    from minq.models.llama import GROUPS, LlamaModel
-
-    if not isinstance(model, LlamaModel):
-        return {n: [n] for n in model.block_linear_names(i)}
-    return {f"blk.{i}.{g[0]}": [f"blk.{i}.{n}" for n in g] for g in GROUPS}
+    """``{first linear name: [linear names that read the same input]}`` of block ``i`` (the model
+    protocol's ``input_groups``: for a Llama q/k/v, o, gate/up, down)."""
+    return {g[0]: list(g) for g in model.input_groups(i)}
 
 
 def collect_hessians(model, i: int, x, keys, *, stop_at: str | None = None, batch_size: int = 8,
@@ -96,10 +92,14 @@ def gptq_model(model, calibration, *, bits: int, group_size=-1, symmetric: bool 
     (TypeError) for missing or malformed calibration (``minq.calibration.check_calibration``) and bad
     ``blocks`` or ``batch_size``.
     """
+    from tqdm.auto import tqdm
+
+    from minq.models.base import Decoder, require
+
+    require(model, Decoder, "GPTQ (block by block)")
     ids = check_calibration(calibration)
     blocks = check_blocks(blocks, model.config.n_layers)
     batch_size = check_int(batch_size, "batch_size", lo=1)
-    from tqdm.auto import tqdm
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     timer = {"forward": 0.0, "hessian": 0.0, "gptq": 0.0}

@@ -44,8 +44,8 @@ import re
 import numpy as np
 
 from minq import affine
-from minq._checks import check_group_size, check_int
-from minq.calibration import calibrate, check_calibration
+from minq._checks import check_group_size
+from minq.calibration import calibrate, check_calibration, sentence_calibration
 from minq.groups import GroupedAffine, quantize_groups, quantize_ragged
 from minq.observers import make_observer
 from minq.registry import Scheme, register_family
@@ -236,9 +236,11 @@ def int8_weight(w: GroupedAffine):
 class ActQuantModel:
     """``model`` (its linears already weight-quantized) whose linears read quantized inputs.
 
-    act: {linear name: hook ``fn(name, X) -> X_hat``} (``Int8Activations``). Everything else
-    (``config``, ``tokenizer``, ``weights``, ``nbytes``, ``embed``, ``head``, ...) is ``model``'s.
-    ``logits`` and ``run_block`` take further ``hooks``; they see the quantized input.
+    act: {linear name: hook ``fn(name, X) -> X_hat``} (``Int8Activations``). Any model of the model
+    protocol (``minq.models.base``): every method of ``model`` that takes ``hooks=`` (``logits``,
+    ``run_block``, ``run_linears``, an encoder's ``forward`` and ``embed``) runs here with the
+    quantizing hooks first and the caller's hooks after them (they see the quantized input); the rest
+    (``config``, ``tokenizer``, ``weights``, ``nbytes``, a decoder's ``embed(ids)``, ...) is ``model``'s.
     """
 
     def __init__(self, model, act: dict):
@@ -250,7 +252,14 @@ class ActQuantModel:
     def __getattr__(self, name):
         if name in ("model", "act"):           # not yet set (copy, pickle): no recursion
             raise AttributeError(name)
-        return getattr(self.model, name)
+        attr = getattr(self.model, name)
+        if not callable(attr) or "hooks" not in _parameters(attr):
+            return attr
+
+        def with_act(*args, hooks=None, **kw):
+            return attr(*args, hooks=self._hooks(hooks), **kw)
+
+        return with_act
 
     def __repr__(self):
         kinds = sorted({repr(a) for a in self.act.values()})[:3]
@@ -265,47 +274,6 @@ class ActQuantModel:
             out[name] = fn if q is None else _compose(q, fn)
         return out
 
-    def logits(self, ids, cache=None, *, last_only: bool = False, hooks=None):
-        return self.model.logits(ids, cache, last_only=last_only, hooks=self._hooks(hooks))
-
-    def forward(self, ids, mask=None, *, hooks=None):
-        """An encoder's last hidden states (``BertEncoder.forward``) through the quantized inputs."""
-        self._need_encoder("forward")
-        return self.model.forward(ids, mask, hooks=self._hooks(hooks))
-
-    def embed(self, *args, hooks=None, **kw):
-        """Encoder: sentence embeddings of ``texts`` through the quantized inputs (``BertEncoder.embed``).
-        Decoder: the token embedding ``embed(ids)``, which runs no linear (no hooks)."""
-        if _is_encoder(self.model):
-            return self.model.embed(*args, hooks=self._hooks(hooks), **kw)
-        if hooks:
-            raise ValueError("a decoder's embed(ids) runs no linear: hooks go to logits or run_block")
-        return self.model.embed(*args, **kw)
-
-    def _need_encoder(self, what):
-        if not _is_encoder(self.model):
-            raise TypeError(f"{what} is the encoder's (MiniLM); a decoder has logits / run_block")
-
-    def run_block(self, i, x, *, hooks=None):
-        return self.model.run_block(i, x, hooks=self._hooks(hooks))
-
-    def capture_inputs(self, ids, names, mask=None) -> dict:
-        """The (quantized) inputs of the linears ``names``: ``{name: X_hat [tokens, in]}`` (``mask``: an
-        encoder's padding mask, as ``BertEncoder.forward``)."""
-        names = list(names)
-        X = {}
-
-        def keep(name, X_in):
-            X[name] = X_in
-
-        if _is_encoder(self.model):
-            self.forward(ids, mask, hooks={n: keep for n in names})
-            return {n: X[n] for n in names}
-        x = self.model.embed(np.asarray(ids) if np.ndim(ids) == 2 else np.asarray(ids)[None])
-        for i in range(1 + max(int(n.split(".")[1]) for n in names)):
-            x = self.run_block(i, x, hooks={n: keep for n in names})
-        return {n: X[n] for n in names}
-
     def with_weights(self, new: dict):
         return ActQuantModel(self.model.with_weights(new), self.act)
 
@@ -313,10 +281,13 @@ class ActQuantModel:
         return ActQuantModel(self.model.with_norms(new), self.act)
 
 
-def _is_encoder(model) -> bool:
-    from minq.models.bert import BertEncoder
+def _parameters(fn) -> tuple:
+    import inspect
 
-    return isinstance(model, BertEncoder)
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return ()
 
 
 def _compose(q, fn):
@@ -328,20 +299,6 @@ def _compose(q, fn):
 
 
 # --- calibration (the pass itself, ``calibrate``, is ``minq.calibration``'s; imported above) ---------
-
-
-def sentence_calibration(encoder, n_samples: int = 128, seed: int = 0):
-    """Calibration ids for an encoder: ``n_samples`` lines of minq's calibration text (lines of at least
-    40 characters, drawn without replacement by ``default_rng(seed)``), tokenized as sentences
-    (``[CLS] ... [SEP]``) and padded with ``[PAD]``: int64 ``[n_samples, T]``. ``minq.quantize``'s
-    default (windows of 512 tokens of one long text) does not suit a sentence encoder."""
-    from minq.data import calibration_text
-
-    lines = [t.strip() for t in calibration_text().splitlines() if len(t.strip()) >= 40]
-    n_samples = check_int(n_samples, "n_samples", lo=1, hi=len(lines))
-    pick = np.random.default_rng(seed).choice(len(lines), size=n_samples, replace=False)
-    ids, _ = encoder.tokenizer.batch([lines[i] for i in sorted(pick)])
-    return ids
 
 
 def quantize_w8a8(model, calibration=None, *, mode: str = "static", observer: str = "minmax",

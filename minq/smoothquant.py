@@ -16,7 +16,7 @@ Both are clamped to at least 1e-5, and so is ``s`` (the reference code, ``smooth
 
 Where does ``diag(s)^-1`` go? Into the operation that produces X, so that no extra operation runs
 and the float model is unchanged (to float32 rounding; tests/test_ptq.py checks 1e-5 relative on the
-logits). A Llama block has four linear inputs, and each has such a place (``TARGETS``; the folding
+logits). A Llama block has four linear inputs, and each has such a place (``model.fold_targets()``; the folding
 itself is ``minq.folding.fold_scales``, which AWQ shares):
 
     "qkv"      attn_norm gamma / s   ->  attn_q, attn_k, attn_v columns * s    (the paper's, for Llama)
@@ -49,12 +49,12 @@ import re
 import numpy as np
 
 from minq.calibration import calibrate, check_calibration
-from minq.folding import TARGETS, fold_scales, o_input_to_v_row
+from minq.folding import fold_scales
 from minq.observers import MinMaxObserver
 from minq.ptq import quantize_w8a8
 from minq.registry import Scheme, register_family
 
-__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "TARGETS", "ALPHA"]
+__all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "ALPHA"]
 
 ALPHA = 0.5
 
@@ -65,17 +65,17 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def _check_decoder(model):
-    if not (hasattr(model, "with_norms") and hasattr(model, "run_block")):
-        raise TypeError(f"SmoothQuant folds its scales into a Llama decoder's RMSNorm gammas and linears; "
-                        f"model is a {type(model).__name__} (MiniLM: use w8a8, w8a8-dynamic or llmint8)")
-
-
-def _check_targets(targets) -> tuple:
-    targets = tuple(targets)
-    bad = [t for t in targets if t not in TARGETS]
+def _check_targets(model, targets) -> tuple:
+    """``targets`` checked against ``model.fold_targets()``; TypeError for a model without any."""
+    known = model.fold_targets() if hasattr(model, "fold_targets") else {}
+    if not known:
+        raise TypeError(f"SmoothQuant folds its scales into the model (norm gammas, producer rows); a "
+                        f"{type(model).__name__} has nowhere to fold them (model.fold_targets() is empty; "
+                        f"MiniLM: use w8a8, w8a8-dynamic or llmint8)")
+    targets = tuple(known) if targets is None else tuple(targets)            # None: every target
+    bad = [t for t in targets if t not in known]
     if bad or not targets:
-        raise ValueError(f"targets must be a non-empty subset of {list(TARGETS)}, got {list(targets)}")
+        raise ValueError(f"targets must be a non-empty subset of {list(known)}, got {list(targets)}")
     return targets
 
 
@@ -94,24 +94,25 @@ def smooth_scales(act_absmax, weights, alpha: float = ALPHA):
     return np.maximum(a ** alpha / w ** (1 - alpha), 1e-5).astype(np.float32)
 
 
-def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)):
+def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=None):
     """The float model with SmoothQuant's scales folded in (see the module docstring).
 
     act_absmax: ``{linear name: max|X_j| [in]}`` for the first linear of each target of every block.
     Returns ``(smoothed model, {f"blk.{i}.{target}": s})``; ``s`` is per input channel of the target
     linears (for "o": per attn_output input, equal across the query heads of a KV head).
     """
-    _check_decoder(model)
+    targets = _check_targets(model, targets)
     alpha = _check_alpha(alpha)
-    targets = _check_targets(targets)
-    kv = o_input_to_v_row(model.config)                                      # [d] -> v row
+    known = model.fold_targets()
     fold, scales = {}, {}
     for i in range(model.config.n_layers):
         for t in targets:
-            names = [f"blk.{i}.{n}" for n in TARGETS[t][1]]
+            ft = known[t]
+            names = [f"blk.{i}.{n}" for n in ft.consumers]
             a = np.asarray(act_absmax[names[0]], np.float32).reshape(-1)
             Ws = [model.weights[n].dequantize() for n in names]
-            if t == "o":                       # one scale per V channel: maxima over its query heads
+            if ft.channel_map is not None:     # one scale per producer channel: maxima over what reads it
+                kv = np.asarray(ft.channel_map)                              # [in] -> producer channel
                 n_v = kv.max() + 1
                 a_v, w_v = np.zeros(n_v, np.float32), np.zeros(n_v, np.float32)
                 np.maximum.at(a_v, kv, a)
@@ -126,15 +127,14 @@ def smooth(model, act_absmax: dict, alpha: float = ALPHA, targets=tuple(TARGETS)
 
 
 def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str = "static",
-                         targets=tuple(TARGETS), progress: bool = False):
+                         targets=None, progress: bool = False):
     """SmoothQuant W8A8: calibrate ``max|X_j|`` (one pass), smooth, then int8 weights and activations.
 
     Static per-tensor activation scales come from the same pass: a smoothed input's max is
     ``max_j max|X_j| / s_j`` (equal to observing the smoothed model, up to float32 rounding).
     """
-    _check_decoder(model)
+    targets = _check_targets(model, targets)
     alpha = _check_alpha(alpha)
-    targets = _check_targets(targets)
     if mode not in ("static", "dynamic"):
         raise ValueError(f"mode must be 'static' or 'dynamic', got {mode!r}")
     ids = check_calibration(calibration)
@@ -146,7 +146,7 @@ def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str 
     ranges = dict(absmax)
     for key, s in scales.items():
         _, i, t = key.split(".")
-        for n in TARGETS[t][1]:
+        for n in model.fold_targets()[t].consumers:
             ranges[f"blk.{i}.{n}"] = absmax[f"blk.{i}.{n}"] / s
     return quantize_w8a8(smoothed, mode="static", static_absmax={n: float(r.max()) for n, r in ranges.items()},
                          progress=progress)
@@ -155,7 +155,7 @@ def quantize_smoothquant(model, calibration, *, alpha: float = ALPHA, mode: str 
 def _smoothquant(m: re.Match) -> Scheme:
     alpha = _check_alpha(float(m["alpha"])) if m["alpha"] else ALPHA
     mode = "dynamic" if m["dyn"] else "static"
-    targets = ("qkv", "gate_up") if m["paper"] else tuple(TARGETS)
+    targets = ("qkv", "gate_up") if m["paper"] else None                       # None: all the model's
 
     def quantize_model(model, calibration, progress=True):
         return quantize_smoothquant(model, calibration, alpha=alpha, mode=mode, targets=targets, progress=progress)

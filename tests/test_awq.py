@@ -21,7 +21,7 @@ from minq.awq import (
     search_clip,
     search_scale,
 )
-from minq.folding import TARGETS, fold_scales
+from minq.folding import fold_scales
 from minq.groups import GroupedAffine, quantize_groups
 from minq.testing import assert_close, assert_equal, llm_like_layer, rel_output_error
 
@@ -230,7 +230,7 @@ def test_folding_leaves_the_float_model_unchanged(smollm2, rng):
     c = smollm2.config
     n_prev = {"qkv": c.dim, "gate_up": c.dim, "down": c.hidden_dim, "o": c.n_kv_heads * c.head_dim}
     scales = {f"blk.{i}.{t}": np.exp(rng.normal(0, 1, n_prev[t])).astype(np.float32)
-              for i in (0, 5, 29) for t in TARGETS}
+              for i in (0, 5, 29) for t in smollm2.fold_targets()}
     folded = fold_scales(smollm2, scales)
     ids = np.arange(100, 164)
     assert _rel(folded.logits(ids), smollm2.logits(ids)) < 1e-5

@@ -8,7 +8,6 @@ import minq
 import minq.smoothquant  # noqa: F401  (registers smoothquant-w8a8)
 from minq import affine, registry
 from minq.data import calibration_tokens, eval_tokens
-from minq.folding import o_input_to_v_row
 from minq.groups import quantize_groups
 from minq.observers import MinMaxObserver
 from minq.ptq import ActQuantModel, Int8Activations, calibrate, int8_matmul, int8_weight
@@ -175,7 +174,7 @@ def test_smooth_scales_formula():
 
 def test_o_proj_scales_follow_the_kv_head_of_each_query_head(model):
     c = model.config
-    kv = o_input_to_v_row(c)                                  # 9 query heads, 3 KV heads of 64
+    kv = model.fold_targets()["o"].channel_map                # 9 query heads, 3 KV heads of 64
     assert kv.shape == (c.dim,) and kv.max() == c.n_kv_heads * c.head_dim - 1
     assert kv[0] == 0 and kv[3 * 64] == 64 and kv[3 * 64 - 1] == 63 and kv[8 * 64 + 5] == 2 * 64 + 5
 
@@ -396,7 +395,7 @@ def test_minilm_bad_calibration_and_smoothquant_rejected(encoder):
         registry.get("w8a8").apply(encoder, None, progress=False)
     with pytest.raises(TypeError, match="SmoothQuant"):
         quantize_smoothquant(encoder, np.ones((2, 8), np.int64))
-    with pytest.raises(TypeError, match="decoder"):
+    with pytest.raises(AttributeError, match="forward"):            # a decoder has logits / run_block
         ActQuantModel(minq.load_model("smollm2", progress=False), {}).forward(np.ones((1, 4), np.int64))
     from minq.ptq import sentence_calibration
 

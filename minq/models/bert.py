@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from minq._checks import check_hooks
+from minq.models.base import capturing_hooks
 from minq.models.weights import DenseWeight, _dense_of
 
 __all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
@@ -325,6 +326,35 @@ class BertEncoder:
         """Bytes of the linear weights as stored by their weight objects."""
         return sum(w.nbytes for w in self.weights.values())
 
+    # --- the model protocol (minq.models.base) --------------------------------------------------------
+
+    def calibration_ids(self, n_samples: int = 128, seq_len: int = 512, seed: int = 0):
+        """Default calibration for a sentence encoder: ``n_samples`` lines of minq's calibration text as
+        padded sentences (``minq.calibration.sentence_calibration``; ``seq_len`` does not apply)."""
+        from minq.calibration import sentence_calibration
+
+        return sentence_calibration(self, n_samples=n_samples, seed=seed)
+
+    def run_linears(self, ids, hooks) -> None:
+        """The model protocol's calibration forward: ``forward`` with the mask ``ids != [PAD]``, so the
+        hooks see the real tokens only."""
+        ids = np.asarray(ids)
+        self.forward(ids, ids != self.tokenizer.pad_id, hooks=hooks)
+
+    def input_groups(self, i: int) -> list[tuple[str, ...]]:
+        """The linears of layer ``i`` grouped by the input they read: (query, key, value), output,
+        intermediate, output."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.config.n_layers:
+            raise ValueError(f"layer index i must be an int in [0, {self.config.n_layers}), got {i!r}")
+        p = f"layer.{i}."
+        return [(p + "attention.query", p + "attention.key", p + "attention.value"), (p + "attention.output",),
+                (p + "intermediate",), (p + "output",)]
+
+    def fold_targets(self) -> dict:
+        """None: a post-LN encoder has nowhere to fold an input scale without changing the float model (the
+        normed ``h`` feeds both the next linears and the residual), so SmoothQuant and AWQ do not apply."""
+        return {}
+
     # --- forward ------------------------------------------------------------------------------------
 
     def _check_hooks(self, hooks):
@@ -420,19 +450,17 @@ class BertEncoder:
             x = self.layer(i, x, key_bias, hooks, real)
         return x[0] if squeeze else x
 
-    def capture_inputs(self, ids, names, mask=None) -> dict:
+    def capture_inputs(self, ids, names, mask=None, *, hooks=None) -> dict:
         """The inputs of the linears ``names`` in the forward of ``ids [T]`` or ``[B, T]`` (``mask`` as in
         ``forward``): ``{name: X float32 [real tokens, in]}``, read-only; query/key/value share one
-        array. Raises ValueError for no or unknown names, and as ``forward``."""
+        array. ``hooks`` run first (what they return is captured). Raises ValueError for no or unknown
+        names, and as ``forward``."""
         names = list(names)
         if not names:
             raise ValueError("names must name at least one linear; see model.linear_names()")
-        X = {}
-
-        def keep(name, X_in):
-            X[name] = X_in
-
-        self.forward(ids, mask, hooks={n: keep for n in names})
+        self._check_hooks(hooks)
+        hooks, X = capturing_hooks(names, hooks)
+        self.forward(ids, mask, hooks=hooks)
         return {n: X[n] for n in names}
 
     def embed(self, texts, normalize: bool = True, batch_size: int = 32, *, hooks=None):

@@ -50,6 +50,7 @@ import numpy as np
 
 from minq._checks import check_hooks
 from minq.kvcache import KVCache
+from minq.models.base import capturing_hooks
 from minq.models.llama_weights import GROUPS, LINEARS, LlamaConfig, LlamaWeights
 from minq.models.weights import DenseWeight
 
@@ -253,30 +254,38 @@ class LlamaModel(LlamaWeights):
         out = head(x[:, -1:] if last_only else x)                                     # [B, T or 1, vocab]
         return out[0] if squeeze else out
 
-    def capture_inputs(self, ids, names, *, engine: str = "fast") -> dict:
+    def capture_inputs(self, ids, names, *, hooks=None, engine: str = "fast") -> dict:
         """The inputs of the linears ``names`` in the forward of ``ids``: ``{name: X float32 [tokens, in]}``.
 
         ``tokens`` is ``T`` for ids ``[T]`` and ``B * T`` (window after window) for ``[B, T]``. The
         arrays are read-only (linears that share an input return the same array). The forward stops
-        after the last block it needs. ``engine``: as in ``logits``. Raises ValueError for unknown names
+        after the last block it needs. ``hooks`` run first (what they return is what is captured: an
+        activation quantizer's output). ``engine``: as in ``logits``. Raises ValueError for unknown names
         or engine, and as ``logits`` for bad ids.
         """
         block, _ = self._engine(engine)
         names = list(names)
         if not names:
             raise ValueError("names must name at least one linear; see model.linear_names()")
-        X = {}
-
-        def keep(name, X_in):
-            X[name] = X_in
-
-        hooks = self._check_hooks({n: keep for n in names})
+        self._check_hooks(hooks)
+        hooks, X = capturing_hooks(names, hooks)
+        hooks = self._check_hooks(hooks)
         ids, _ = self._check_ids(ids, None)
         x = self.embedding[ids if ids.ndim == 2 else ids[None]]                       # [B, T, d]
         cos, sin = rope_tables(np.arange(x.shape[1]), self.config.head_dim, self.config.rope_theta)
         for i in range(1 + max(int(n.split(".")[1]) for n in names)):
             x = block(i, x, cos, sin, None, hooks)
         return {n: X[n] for n in names}
+
+    def run_linears(self, ids, hooks) -> None:
+        """The model protocol's calibration forward: ``embed`` and the blocks up to the last one with a
+        hooked linear (fast engine), calling ``hooks`` on the linears' inputs; no output head."""
+        hooks = self._check_hooks(hooks)
+        if not hooks:
+            raise ValueError("hooks must name at least one linear; see model.linear_names()")
+        x = self.embed(ids if np.ndim(ids) == 2 else np.asarray(ids)[None])                   # [B, T, d]
+        for i in range(1 + max(int(n.split(".")[1]) for n in hooks)):
+            x = self.run_block(i, x, hooks=hooks)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minq.models.base import FoldTarget
 from minq.models.weights import DenseWeight, _dense_of, _stack_rows
 
-__all__ = ["LlamaConfig", "LlamaWeights", "LINEARS", "GROUPS"]
+__all__ = ["LlamaConfig", "LlamaWeights", "LINEARS", "GROUPS", "fold_targets"]
 
 # The linears of one block, in the order the forward uses them.
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -63,6 +64,27 @@ class LlamaConfig:
             rope_theta=float(md.get(f"{a}.rope.freq_base", 10000.0)),
             context_length=int(md[f"{a}.context_length"]),
         )
+
+
+def fold_targets(c: LlamaConfig) -> dict:
+    """Where a per-input-channel scale folds into a Llama block (``minq.models.base.FoldTarget``):
+
+        "qkv"      attn_norm gamma / s   ->  attn_q, attn_k, attn_v columns * s
+        "gate_up"  ffn_norm gamma / s    ->  ffn_gate, ffn_up columns * s
+        "down"     ffn_up rows / s       ->  ffn_down columns * s    silu(g) * (u / s) = (silu(g) * u) / s
+        "o"        attn_v rows / s       ->  attn_output columns * s  softmax(.) (V / s) = (softmax(.) V) / s
+
+    For "o" the scale lives on V's channels: with grouped-query attention the query heads that share a
+    KV head read the same V channel, so attn_output's input channel ``(head h, dim d)`` takes the scale of
+    V row ``(kv head of h, d)`` (the ``channel_map``).
+    """
+    hd, g = c.head_dim, c.n_heads // c.n_kv_heads
+    ch = np.arange(c.n_heads * hd)
+    v_row = (ch // (g * hd)) * hd + ch % hd                                   # attn_output input -> attn_v row
+    return {"qkv": FoldTarget("norm", "attn_norm", ("attn_q", "attn_k", "attn_v")),
+            "gate_up": FoldTarget("norm", "ffn_norm", ("ffn_gate", "ffn_up")),
+            "down": FoldTarget("rows", "ffn_up", ("ffn_down",)),
+            "o": FoldTarget("rows", "attn_v", ("attn_output",), channel_map=v_row)}
 
 
 def _linear_shape(c: LlamaConfig, linear: str) -> tuple:
@@ -187,6 +209,24 @@ class LlamaWeights:
     def nbytes(self) -> int:
         """Bytes of the linear weights as stored by their weight objects."""
         return sum(w.nbytes for w in self.weights.values())
+
+    # --- the model protocol (minq.models.base) --------------------------------------------------------
+
+    def calibration_ids(self, n_samples: int = 128, seq_len: int = 512, seed: int = 0):
+        """Default calibration: ``n_samples`` windows of ``seq_len`` tokens of minq's calibration text
+        (``minq.data.calibration_tokens``), int64 ``[n_samples, seq_len]``."""
+        from minq.data import calibration_tokens
+
+        return calibration_tokens(self.tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed)
+
+    def input_groups(self, i: int) -> list[tuple[str, ...]]:
+        """The linears of block ``i`` grouped by the input they read: ``GROUPS`` (q/k/v, o, gate/up, down)."""
+        self._check_block(i)
+        return [tuple(f"blk.{i}.{n}" for n in group) for group in GROUPS]
+
+    def fold_targets(self) -> dict:
+        """``{target: FoldTarget}`` of every block (``fold_targets``; names local to a block)."""
+        return fold_targets(self.config)
 
     def _check_block(self, i):
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.config.n_layers:
