@@ -68,3 +68,12 @@ def test_tokenizer_decode_rejects_non_integer_ids(smollm2):
     with pytest.raises(TypeError, match="ids must be integer token ids"):
         tok.decode(np.array([1.0, 2.0]))
     assert tok.decode(np.array([tok.encode("Hello")[0]])) == tok.decode(tok.encode("Hello")[:1])
+
+
+def test_bert_tokenizer_rejects_a_corrupt_file(tmp_path):
+    from minq.models.tokenizer import BertTokenizer
+
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"version": "1.0", "model": ')
+    with pytest.raises(ValueError, match="not a readable tokenizer.json"):
+        BertTokenizer(bad)

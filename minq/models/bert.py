@@ -63,9 +63,10 @@ import numpy as np
 
 from minq._checks import check_hooks
 from minq.models.base import capturing_hooks
+from minq.models.tokenizer import BertTokenizer, _check_texts
 from minq.models.weights import DenseWeight, _dense_of
 
-__all__ = ["BertConfig", "BertTokenizer", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
+__all__ = ["BertConfig", "BertEncoder", "layer_norm", "softmax", "gelu", "erf", "mean_pool",
            "l2_normalize", "LINEARS", "MAX_SEQ_LENGTH"]
 
 # The linears of one layer, in the order the forward uses them: name -> (out, in) in config terms.
@@ -112,73 +113,6 @@ class BertConfig:
                    hidden_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
                    max_position=max_pos, type_vocab_size=int(cfg.get("type_vocab_size", 2)),
                    max_seq_length=min(int(max_seq_length), max_pos))
-
-
-def _check_texts(texts) -> list[str]:
-    """``texts`` as a non-empty list of non-empty str (one str counts as a list of one)."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-    if not texts:
-        raise ValueError("texts is empty: give at least one sentence")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
-        if not t:
-            raise ValueError(f"texts[{i}] is an empty string: there is nothing to embed")
-    return list(texts)
-
-
-class BertTokenizer:
-    """WordPiece tokenizer of a BERT checkpoint, read from its ``tokenizer.json``.
-
-    ``encode(text) -> list[int]`` gives ``[CLS] ... [SEP]`` ids truncated to ``max_length``;
-    ``batch(texts) -> ids, mask`` pads a list of sentences to the longest one.
-    """
-
-    def __init__(self, path, max_length: int = MAX_SEQ_LENGTH):
-        from tokenizers import Tokenizer
-
-        tk = Tokenizer.from_file(str(path))
-        tk.no_padding()                                  # tokenizer.json pads to 128: pad per batch instead
-        tk.enable_truncation(max_length=max_length)      # counts [CLS] and [SEP]
-        self._tk = tk
-        self.max_length = max_length
-        self.vocab_size = tk.get_vocab_size()
-        self.pad_id = tk.token_to_id("[PAD]")
-        if self.pad_id is None:
-            raise ValueError(f"{path}: no [PAD] token: not a BERT WordPiece tokenizer")
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``: ``[CLS]`` (101), the WordPiece ids, ``[SEP]`` (102), at most
-        ``max_length`` in all. Raises TypeError if ``text`` is not a str, ValueError if it is empty."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if not text:
-            raise ValueError("text is empty: there is nothing to tokenize")
-        return self._tk.encode(text).ids
-
-    def decode(self, ids) -> str:
-        """The text of ``ids`` with the special tokens dropped (lower-cased, as the tokenizer saw it)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids out of range [0, {self.vocab_size}): {bad[:5]}")
-        return self._tk.decode(ids, skip_special_tokens=True)
-
-    def batch(self, texts):
-        """``texts`` (list of N str) -> ``ids [N, T]`` int64 padded with ``[PAD]``, ``mask [N, T]`` bool
-        (True on real tokens), T the longest encoded length."""
-        texts = _check_texts(texts)
-        enc = [self._tk.encode(t).ids for t in texts]
-        T = max(len(e) for e in enc)
-        ids = np.full((len(enc), T), self.pad_id, dtype=np.int64)                  # [N, T]
-        mask = np.zeros((len(enc), T), dtype=bool)                                 # [N, T]
-        for i, e in enumerate(enc):
-            ids[i, :len(e)] = e
-            mask[i, :len(e)] = True
-        return ids, mask
 
 
 def layer_norm(x, gamma, beta, eps: float):

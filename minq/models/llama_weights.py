@@ -131,7 +131,7 @@ class LlamaWeights:
     def from_gguf(cls, path, *, progress: bool = True) -> LlamaWeights:
         """Load a Llama-architecture GGUF (any type gguf-py dequantizes) as a float32 model."""
         from minq.gguf import read_gguf
-        from minq.tokenizer import Tokenizer
+        from minq.models.tokenizer import Tokenizer
 
         g = read_gguf(path, progress=progress)
         cfg = LlamaConfig.from_gguf_metadata(g.metadata)

@@ -1,4 +1,5 @@
-"""The model's tokenizer, rebuilt from a GGUF file's metadata with the ``tokenizers`` library.
+"""The testbed's tokenizers, built with the ``tokenizers`` library: SmolLM2's byte-level BPE from a GGUF
+file's metadata (``Tokenizer``), and MiniLM's WordPiece from its ``tokenizer.json`` (``BertTokenizer``).
 
 A GPT-2 style byte-level BPE (``tokenizer.ggml.model == "gpt2"``) is fully described by:
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Tokenizer", "PRE_TOKENIZERS"]
+__all__ = ["Tokenizer", "BertTokenizer", "PRE_TOKENIZERS"]
 
 # GPT-2's word-splitting rule (what tokenizers' ByteLevel(use_regex=True) applies).
 _GPT2 = "gpt2"
@@ -109,12 +110,84 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """The text of token ids ``ids`` (control tokens included as written). ValueError naming ``ids``
         when one is outside ``[0, vocab_size)``."""
-        ids = list(np.asarray(ids).reshape(-1)) if isinstance(ids, np.ndarray) else list(ids)
-        not_int = [i for i in ids if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
-        if not_int:
-            raise TypeError(f"ids must be integer token ids, got {not_int[:5]}")
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids out of range [0, {self.vocab_size}): {bad[:5]}")
-        return self._tk.decode(ids, skip_special_tokens=False)
+        return self._tk.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=False)
+
+
+def _check_ids(ids, vocab_size: int) -> list[int]:
+    """Token ids as a list of int: TypeError naming ``ids`` for non-integers (a float is not truncated to
+    a token), ValueError for ids outside ``[0, vocab_size)``."""
+    ids = list(np.asarray(ids).reshape(-1)) if isinstance(ids, np.ndarray) else list(ids)
+    not_int = [i for i in ids if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+    if not_int:
+        raise TypeError(f"ids must be integer token ids, got {not_int[:5]}")
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"ids out of range [0, {vocab_size}): {bad[:5]}")
+    return ids
+
+
+def _check_texts(texts) -> list[str]:
+    """``texts`` as a non-empty list of non-empty str (one str counts as a list of one)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("texts is empty: give at least one sentence")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        if not t:
+            raise ValueError(f"texts[{i}] is an empty string: there is nothing to embed")
+    return list(texts)
+
+
+class BertTokenizer:
+    """WordPiece tokenizer of a BERT checkpoint, read from its ``tokenizer.json``.
+
+    ``encode(text) -> list[int]`` gives ``[CLS] ... [SEP]`` ids truncated to ``max_length``;
+    ``batch(texts) -> ids, mask`` pads a list of sentences to the longest one.
+    """
+
+    def __init__(self, path, max_length: int = 256):
+        from tokenizers import Tokenizer
+
+        try:
+            tk = Tokenizer.from_file(str(path))
+        except Exception as e:                           # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from e
+        tk.no_padding()                                  # tokenizer.json pads to 128: pad per batch instead
+        tk.enable_truncation(max_length=max_length)      # counts [CLS] and [SEP]
+        self._tk = tk
+        self.max_length = max_length
+        self.vocab_size = tk.get_vocab_size()
+        self.pad_id = tk.token_to_id("[PAD]")
+        if self.pad_id is None:
+            raise ValueError(f"{path}: no [PAD] token: not a BERT WordPiece tokenizer")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``: ``[CLS]`` (101), the WordPiece ids, ``[SEP]`` (102), at most
+        ``max_length`` in all. Raises TypeError if ``text`` is not a str, ValueError if it is empty."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("text is empty: there is nothing to tokenize")
+        return self._tk.encode(text).ids
+
+    def decode(self, ids) -> str:
+        """The text of ``ids`` with the special tokens dropped (lower-cased, as the tokenizer saw it)."""
+        return self._tk.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=True)
+
+    def batch(self, texts):
+        """``texts`` (list of N str) -> ``ids [N, T]`` int64 padded with ``[PAD]``, ``mask [N, T]`` bool
+        (True on real tokens), T the longest encoded length."""
+        texts = _check_texts(texts)
+        enc = [self._tk.encode(t).ids for t in texts]
+        T = max(len(e) for e in enc)
+        ids = np.full((len(enc), T), self.pad_id, dtype=np.int64)                  # [N, T]
+        mask = np.zeros((len(enc), T), dtype=bool)                                 # [N, T]
+        for i, e in enumerate(enc):
+            ids[i, :len(e)] = e
+            mask[i, :len(e)] = True
+        return ids, mask
