@@ -33,7 +33,15 @@ import numpy as np
 
 from minq import affine
 from minq._backend import is_torch, namespace
-from minq._checks import check_bits, check_choice, check_float_array, check_uint_array
+from minq._checks import (
+    check_bits,
+    check_choice,
+    check_float_array,
+    check_group_size,
+    check_uint_array,
+    is_int,
+    ragged_layout,
+)
 from minq._jit import njit, prange
 from minq.packing import pack, unpack, unpack_reference
 
@@ -44,17 +52,10 @@ __all__ = ["resolve_group_size", "group", "ungroup", "quantize_groups", "quantiz
 def resolve_group_size(group_size, n_in: int) -> int:
     """The group width along the input dimension: ``n_in`` for per channel and per tensor, else ``g``.
 
-    Raises ValueError naming ``group_size`` when it is not None/0/-1/positive or does not divide ``n_in``.
+    Raises ValueError naming ``group_size`` when it is not None/0/-1/positive or does not divide ``n_in``
+    (``minq._checks.check_group_size``, the one validator of the descriptor).
     """
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
-                                   or group_size < -1):
-        raise ValueError(f"group_size must be None/0 (per tensor), -1 (per channel) or > 0, got {group_size!r}")
-    if group_size is None or group_size == 0 or group_size == -1:
-        return n_in
-    if n_in % group_size:
-        raise ValueError(f"group_size={group_size} does not divide the input dimension {n_in} "
-                         f"(ragged groups only when asked for: quantize_groups(..., ragged=True))")
-    return int(group_size)
+    return check_group_size(group_size, n_in)
 
 
 def _per_tensor(group_size) -> bool:
@@ -263,8 +264,7 @@ def quantize_groups(W, *, bits: int, group_size=-1, symmetric: bool = False, zer
 
 def _is_ragged(group_size, n_in) -> bool:
     """A positive int group size that does not divide ``n_in`` (anything else: ``resolve_group_size``)."""
-    return (not isinstance(group_size, bool) and isinstance(group_size, (int, np.integer)) and group_size > 0
-            and n_in % group_size != 0)
+    return is_int(group_size) and group_size > 0 and n_in % group_size != 0
 
 
 def quantize_ragged(W, group_size: int, quantize) -> GroupedAffine:
@@ -277,22 +277,19 @@ def quantize_ragged(W, group_size: int, quantize) -> GroupedAffine:
     repeated, ``ragged_group_size = g``. A ``g`` that divides ``in`` is passed through unchanged.
     """
     from dataclasses import replace
-    from math import gcd
 
     check_float_array(W, "W", ndim=2)
     out, n_in = W.shape
     if not _is_ragged(group_size, n_in):
         return quantize(W, group_size)
-    g = int(group_size)
-    if g > n_in:
-        raise ValueError(f"group_size={g} is larger than the input dimension {n_in}")
-    k, gs = n_in // g, gcd(g, n_in)
+    g = check_group_size(group_size, n_in, ragged=True)                  # g <= in
+    k = n_in // g
+    gs, reps = ragged_layout(g, n_in)                                     # stored width, columns per group
     head, tail = quantize(W[:, :k * g], g), quantize(W[:, k * g:], -1)
     for part in (head, tail):
         if not isinstance(part, GroupedAffine) or part.symmetric != head.symmetric \
                 or part.zero_point != head.zero_point or part.bits != head.bits:
             raise ValueError("quantize must return GroupedAffine parts of one kind (bits, symmetry, zero point)")
-    reps = [g // gs] * k + [(n_in - k * g) // gs]                         # stored columns per group
     xp = namespace(W)
     cat, rep = xp.cat, xp.repeat
     q = cat([head.codes, tail.codes], axis=1)                             # [out, in]

@@ -27,7 +27,7 @@ from math import gcd
 import numpy as np
 
 from minq._backend import is_torch, namespace
-from minq._checks import check_bits, check_uint_array
+from minq._checks import check_bits, check_int, check_uint_array
 from minq._jit import njit, prange
 
 __all__ = ["pack", "unpack", "pack_reference", "unpack_reference", "chunk_codes", "nbytes_per_row"]
@@ -211,8 +211,7 @@ def unpack(packed, bits: int, n: int):
             raise TypeError(f"packed must be uint8, got {packed.dtype}")
     elif packed.dtype != np.uint8:
         raise TypeError(f"packed must be uint8, got {packed.dtype}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    n = check_int(n, "n", lo=1)
     need = nbytes_per_row(int(n), bits)
     if packed.shape[-1] != need:
         raise ValueError(f"packed rows have {packed.shape[-1]} bytes, but n={n} codes of {bits} bits "

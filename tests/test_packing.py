@@ -252,10 +252,10 @@ _P4 = pack(np.arange(10, dtype=np.uint8), 4)  # 10 4-bit codes -> 5 bytes
         (_P4, 4, 12, ValueError, r"packed rows have 5 bytes, but n=12"),     # wrong n
         (_P4[:4], 4, 10, ValueError, r"packed rows have 4 bytes, but n=10"),  # truncated row
         (_P4, 3, 10, ValueError, r"packed rows have 5 bytes, but n=10 codes of 3 bits"),  # wrong bits
-        (_P4, 4, 0, ValueError, "n must be a positive int"),
-        (_P4, 4, -1, ValueError, "n must be a positive int"),
-        (_P4, 4, 10.0, ValueError, "n must be a positive int"),
-        (_P4, 4, True, ValueError, "n must be a positive int"),
+        (_P4, 4, 0, ValueError, "n must be >= 1"),
+        (_P4, 4, -1, ValueError, "n must be >= 1"),
+        (_P4, 4, 10.0, TypeError, "n must be an int"),
+        (_P4, 4, True, TypeError, "n must be an int"),
         (_P4.astype(np.uint16), 4, 10, TypeError, "packed must be uint8"),
         (_P4.astype(np.int8), 4, 10, TypeError, "packed must have an unsigned integer dtype"),
         (_P4.astype(np.float32), 4, 10, TypeError, "packed must have an unsigned integer dtype"),

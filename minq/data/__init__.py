@@ -20,6 +20,8 @@ from importlib import resources
 
 import numpy as np
 
+from minq._checks import check_int
+
 __all__ = ["calibration_text", "eval_text", "calibration_tokens", "eval_tokens"]
 
 
@@ -48,14 +50,6 @@ def _encode(tokenizer, text: str, name: str) -> np.ndarray:
     return ids
 
 
-def _positive_int(v, name: str, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return int(v)
-
-
 def calibration_tokens(tokenizer, n_samples: int = 128, seq_len: int = 512, seed: int = 0) -> np.ndarray:
     """``n_samples`` random windows of ``seq_len`` consecutive tokens of the calibration text: int64
     ``[n_samples, seq_len]``.
@@ -69,9 +63,9 @@ def calibration_tokens(tokenizer, n_samples: int = 128, seq_len: int = 512, seed
     Raises TypeError / ValueError naming ``n_samples``, ``seq_len`` (also when longer than the text)
     or ``seed``.
     """
-    n_samples = _positive_int(n_samples, "n_samples")
-    seq_len = _positive_int(seq_len, "seq_len", lo=2)
-    seed = _positive_int(seed, "seed", lo=0)
+    n_samples = check_int(n_samples, "n_samples", lo=1)
+    seq_len = check_int(seq_len, "seq_len", lo=2)
+    seed = check_int(seed, "seed", lo=0)
     ids = _encode(tokenizer, calibration_text(), "calibration")
     if seq_len > ids.size:
         raise ValueError(f"seq_len={seq_len} exceeds the {ids.size} tokens of the calibration text")
@@ -84,6 +78,6 @@ def eval_tokens(tokenizer, max_tokens: int | None = None) -> np.ndarray:
     first ``max_tokens`` tokens (all of them when None). Raises TypeError / ValueError naming
     ``max_tokens`` (not an int, or < 1)."""
     if max_tokens is not None:
-        max_tokens = _positive_int(max_tokens, "max_tokens")
+        max_tokens = check_int(max_tokens, "max_tokens", lo=1)
     ids = _encode(tokenizer, eval_text(), "eval")
     return ids if max_tokens is None else ids[:max_tokens]

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minq._checks import check_hooks
+from minq._checks import check_hooks, check_int
 from minq.models.base import capturing_hooks
 from minq.models.tokenizer import BertTokenizer, _check_texts
 from minq.models.weights import DenseWeight, _dense_of
@@ -408,8 +408,7 @@ class BertEncoder:
         ``texts`` when it, or one of its strings, is empty, TypeError when it is not a str / list of str.
         """
         texts = _check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size", lo=1)
         order = np.argsort([-len(t) for t in texts], kind="stable")               # longest first
         out = np.empty((len(texts), self.config.dim), np.float32)                  # [N, d]
         for start in range(0, len(texts), batch_size):
