@@ -48,9 +48,11 @@ def quantize(model, scheme: str, calibration=None, *, progress: bool = True):
 
     Raises ValueError for an unknown scheme (listing the known ones) and for unusable calibration.
     """
-    from minq.models.base import Model, require
+    from minq.models.base import Model, Weights, require
 
     s = registry.get(scheme)
-    require(model, Model, "minq.quantize")
+    require(model, Weights, "minq.quantize")
+    if s.needs_calibration:                 # calibration runs the model: the whole protocol
+        require(model, Model, f"scheme {scheme!r}")
     cal = calibration_ids(model, calibration) if s.needs_calibration else None
     return s.apply(model, cal, progress=progress)

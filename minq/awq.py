@@ -87,6 +87,7 @@ def awq_scales(x_bar, alpha: float):
     """``s [in]`` float32: ``x_bar^alpha`` clamped to >= 1e-4, divided by ``sqrt(max * min)`` of itself."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    check_float_array(x_bar, "x_bar")                     # finite, non-empty
     s = (x_bar ** float(alpha)).clip(1e-4)
     return s / (s.max() * s.min()) ** 0.5
 

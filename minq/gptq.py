@@ -131,6 +131,8 @@ def inverse_cholesky(H, damp: float = 0.01):
     is not positive definite.
     """
     H = np.array(H, dtype=np.float64)
+    if not np.isfinite(H).all():
+        raise ValueError("H contains NaN or Inf")
     lam = damp * float(np.mean(np.diag(H)))
     H[np.diag_indices_from(H)] += lam
     try:
@@ -234,6 +236,9 @@ def _gptq(W, H, loop, *, bits: int, group_size=-1, symmetric: bool = False, act_
     Hd = (H.detach().cpu().numpy() if torch_in else H).astype(np.float64)
     if bool((np.diag(Hd) < 0).any()):
         raise ValueError("H has negative diagonal entries: it must be positive semi-definite (X^T X)")
+    if not bool((np.diag(Hd) > 0).any()):      # every input dead: GPTQ would zero the whole weight
+        raise ValueError("H has no positive diagonal entry (all zero: no calibration token reached this "
+                         "layer); GPTQ would set every weight to 0")
     dead = np.diag(Hd) == 0
     Hd[dead, dead] = 1.0
     perm = np.argsort(-np.diag(Hd), kind="stable") if act_order else np.arange(n)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from minq import affine
-from minq._checks import check_bits, check_choice, check_float_array, check_int
+from minq._checks import check_bits, check_choice, check_float_array, check_int, is_int
 from minq._jit import JIT_ENABLED, njit, prange
 
 __all__ = ["Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver", "make_observer", "OBSERVERS",
@@ -62,6 +62,10 @@ class Observer:
         if symmetric and bits < 2:
             raise ValueError("bits must be >= 2 for a symmetric observer")
         max_samples = check_int(max_samples, "max_samples", lo=1)
+        if axis is not None:                              # an int or a tuple of ints; range: at update()
+            axes = (axis,) if is_int(axis) else axis
+            if not isinstance(axes, tuple) or not axes or not all(is_int(a) for a in axes):
+                raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
         self.symmetric, self.axis, self.zero_point, self.scale_dtype = symmetric, axis, zero_point, scale_dtype
         self.max_samples = max_samples
         self._rng = np.random.default_rng(seed)
@@ -72,8 +76,13 @@ class Observer:
     # --- running statistics -----------------------------------------------------------------------
 
     def _axes(self, ndim):
-        return tuple(range(ndim)) if self.axis is None else tuple(
-            a % ndim for a in ((self.axis,) if isinstance(self.axis, (int, np.integer)) else self.axis))
+        if self.axis is None:
+            return tuple(range(ndim))
+        axes = (self.axis,) if is_int(self.axis) else self.axis
+        bad = [a for a in axes if not -ndim <= a < ndim]
+        if bad:
+            raise ValueError(f"axis {bad[0]} is out of range for x with {ndim} dimensions")
+        return tuple(a % ndim for a in axes)
 
     def update(self, x) -> Observer:
         """Add a batch ``x`` (float, finite, NumPy); returns ``self``."""

@@ -40,6 +40,7 @@ SmoothQuant (``smoothquant-w8a8``) is in ``minq.smoothquant``. Notebook: ``noteb
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 
@@ -69,6 +70,13 @@ def quantize_weight_observed(W, *, bits: int, group_size=-1, symmetric: bool = F
     a ragged last group when ``group_size`` does not divide ``in``, ``minq.groups.quantize_ragged``).
     ``observer_kw`` go to the observer (e.g. ``grid=``, ``max_shrink=`` of the MSE search).
     """
+    if hasattr(W, "detach"):                 # torch: the observers are NumPy; the same codes, as torch tensors
+        import torch
+
+        c = quantize_weight_observed(W.detach().cpu().numpy(), bits=bits, group_size=group_size,
+                                     symmetric=symmetric, observer=observer, ragged=ragged, **observer_kw)
+        t = {f: torch.as_tensor(getattr(c, f)).to(W.device) for f in ("packed", "s", "z") if getattr(c, f) is not None}
+        return replace(c, packed=t["packed"], s=t["s"], z=t.get("z"))
     if ragged:
         return quantize_ragged(W, group_size, lambda Wp, g: quantize_weight_observed(
             Wp, bits=bits, group_size=g, symmetric=symmetric, observer=observer, **observer_kw))
@@ -172,6 +180,8 @@ class Int8Activations:
             if cols.any():
                 A[:, cols] = 0                                              # outliers leave the row absmax
         amax = A.max(axis=1, keepdims=True)                                 # [tokens, 1]
+        if not np.isfinite(amax).all():       # an Inf or NaN activation: no scale can hold it
+            raise ValueError("X contains NaN or Inf (an activation overflowed float32?): int8 cannot hold it")
         return np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32), cols
 
     def quantize(self, X):

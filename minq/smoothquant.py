@@ -86,6 +86,8 @@ def smooth_scales(act_absmax, weights, alpha: float = ALPHA):
     weights: the float ``W [out_i, in]`` of every linear reading that X (their column maxima combine).
     """
     alpha = _check_alpha(alpha)
+    if not np.isfinite(np.asarray(act_absmax, np.float64)).all():
+        raise ValueError("act_absmax contains NaN or Inf")
     a = np.maximum(np.asarray(act_absmax, np.float64).reshape(-1), 1e-5)
     w = np.max([np.abs(np.asarray(W, np.float64)).max(axis=0) for W in weights], axis=0)    # [in]
     if w.shape != a.shape:

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from minq import affine
 from minq import testing as mt
 from minq._backend import is_torch
-from minq.groups import GroupedAffine, group, quantize_groups, resolve_group_size, ungroup
+from minq.groups import (
+    GroupedAffine,
+    dequantize_reference,
+    group,
+    quantize_codes_reference,
+    quantize_groups,
+    resolve_group_size,
+    ungroup,
+)
 from minq.packing import nbytes_per_row, unpack
 from minq.testing import assert_bound, assert_equal
 
@@ -210,6 +218,45 @@ def test_codes_and_dequantize_equal_affine_per_group(cfg):
     assert_equal(qp.s, ref.s, name="s vs affine.choose_qparams")
     z_ref = ref.z.astype(kw["scale_dtype"]).astype(np.float32) if kw["zero_point"] == "float" else ref.z
     assert_equal(qp.z + 0.0, z_ref + 0.0, name="z vs affine.choose_qparams")  # + 0.0: -0 == +0 here
+    # quantize_groups calls choose_qparams, so the lines above cannot catch a wrong min-max rule: the
+    # formulas, written out (as tests/test_affine.py does for one slice)
+    s_want, z_of = _minmax_formula(Wg, None if per_tensor else -1, **kw)
+    if kw["scale_dtype"] == "float32":
+        assert_equal(qp.s, s_want, name="s vs the min-max formula")
+    else:                                                         # the smallest float16 >= the formula
+        below = np.nextafter(qp.s, np.float16(0)).astype(np.float64)
+        assert (qp.s.astype(np.float64) >= s_want).all() and ((below < s_want) | (qp.s == 0)).all(), \
+            "s is not the next float16 up from the min-max formula"
+    z_want = z_of(qp.s.astype(np.float32))                        # z from the stored scale, as choose_qparams
+    if kw["zero_point"] == "float":
+        z_want = z_want.astype(kw["scale_dtype"]).astype(np.float32)
+    assert_equal(qp.z + 0.0, np.broadcast_to(z_want, qp.z.shape) + 0.0, name="z vs the min-max formula")
+
+
+def _minmax_formula(Wg, axis, *, bits, symmetric, zero_point, scale_dtype):
+    """Min-max ``s`` (float32, before rounding to the scale dtype) per slice of ``Wg``, and ``z`` as a
+    function of the stored scale: symmetric ``s = max|w| / (2^(b-1) - 1)``, ``z = 2^(b-1)``; asymmetric
+    ``s = (hi - lo) / (2^b - 1)`` over ``[lo, hi]`` (widened to hold 0 for an integer z), ``z = -lo / s``
+    (rounded and clipped to ``[0, 2^b - 1]`` for an integer z). A zero range gives ``s = 1``; scales are
+    at least 2^-126."""
+    f32 = np.float32
+    tiny = f32(np.finfo(f32).tiny)
+    W = Wg.astype(f32)
+    if symmetric:
+        amax = np.abs(W).max(axis=axis, keepdims=True)
+        s = np.where(amax > 0, amax / f32(2 ** (bits - 1) - 1), f32(1))
+        return np.maximum(s, tiny).astype(f32), lambda s_stored: np.full(s_stored.shape, 2 ** (bits - 1), f32)
+    lo, hi = W.min(axis=axis, keepdims=True), W.max(axis=axis, keepdims=True)
+    if zero_point == "int":
+        lo, hi = np.minimum(lo, f32(0)), np.maximum(hi, f32(0))
+    qmax = f32(2 ** bits - 1)
+    s = np.maximum(np.where(hi > lo, (hi - lo) / qmax, f32(1)), tiny).astype(f32)
+
+    def z_of(s_stored):
+        z = (f32(0) - lo) / s_stored
+        return np.clip(np.rint(z), 0, qmax) if zero_point == "int" else z
+
+    return s, z_of
 
 
 def test_input_dtype_and_layout_do_not_matter():
@@ -464,6 +511,20 @@ def test_torch_equals_numpy(device, cfg):
     assert isinstance(W_hat, torch.Tensor) and W_hat.dtype == torch.float32 and W_hat.device.type == device
     assert_equal(W_hat, c.dequantize(), name="W_hat torch vs numpy")
     assert ct.nbytes == c.nbytes and ct.bits_per_weight == c.bits_per_weight
+
+
+@given(configs())
+def test_kernels_equal_the_readable_reference(cfg):
+    """NumPy: the Numba quantize and fused unpack+dequantize kernels equal ``quantize_codes_reference`` and
+    ``dequantize_reference`` (chapter 02's quantize/dequantize on the grouped weight) bit for bit."""
+    W, gs, kw = cfg
+    c = quantize_groups(W, group_size=gs, **kw)
+    qp = c.qparams()
+    if c.zero_point == "float":                      # quantize_groups quantizes with z as stored
+        qp = affine.QParams(qp.s, qp.z, c.bits, False, "float")
+    Wg = W.reshape(W.shape[0], -1, c.g)
+    assert_equal(c.codes, quantize_codes_reference(Wg, qp), name="codes: kernel vs reference")
+    assert_equal(c.dequantize(), dequantize_reference(c), name="W_hat: kernel vs reference")
 
 
 # --- bad inputs: a clear error that names the parameter -----------------------------------------------

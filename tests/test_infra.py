@@ -62,6 +62,25 @@ def test_assert_close_and_bound():
         assert_bound(np.array([0.1, 0.3]), np.array([0.2, 0.2]))
 
 
+def test_float_arrays_hold_occasional_large_outliers():
+    """The docstring's promise: finite float32 in [-max_abs, max_abs], and in a share of the draws one or
+    two values >= max_abs / 2 over a median <= max_abs / 100 (measured: 26 of 200 derandomized draws)."""
+    from hypothesis import given, settings
+
+    drawn = []
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    @given(float_arrays(max_abs=1e3))
+    def draw(a):
+        drawn.append(a)
+
+    draw()
+    assert len(drawn) == 200
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() and np.abs(a).max() <= 1e3 for a in drawn)
+    outliers = [1 <= (np.abs(a) >= 500).sum() <= 2 and np.median(np.abs(a)) <= 10 for a in drawn]
+    assert 0.05 <= np.mean(outliers) <= 0.5, np.mean(outliers)                      # occasional: not never, not always
+
+
 def test_check_accepts_right_and_rejects_wrong(capsys):
     assert check(lambda x: x * 2, lambda x: x + x, float_arrays(), n=20)
     assert "exact: True" in capsys.readouterr().out

@@ -77,7 +77,7 @@ def test_unknown_scheme_lists_known_ones():
 
 
 class TinyModel:
-    """The model protocol the registry relies on: linear_names, weights, with_weights."""
+    """The part of the model protocol a weight-only scheme relies on (minq.models.base.Weights)."""
 
     def __init__(self, weights):
         self.weights = weights

@@ -1,7 +1,8 @@
 """The model protocol: what generic code (``minq.quantize``, PTQ, GPTQ, AWQ, SmoothQuant, the report)
 may ask of a model, so that it never asks which model class it has.
 
-Every minq model (``LlamaModel``, ``BertEncoder``) is a ``Model``::
+Every minq model (``LlamaModel``, ``BertEncoder``) is a ``Model``; a weight-only scheme (RTN) needs only
+the first three lines (``Weights``: any object with named linears and ``with_weights`` will do)::
 
     model.weights                      {linear name: weight object}  (the quantized-weight protocol:
                                        dequantize(), shape, nbytes, bits_per_weight)
@@ -35,7 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Model", "Decoder", "FoldTarget", "require", "capturing_hooks"]
+__all__ = ["Weights", "Model", "Decoder", "FoldTarget", "require", "capturing_hooks"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,21 @@ class FoldTarget:
 
 
 @runtime_checkable
-class Model(Protocol):
-    """Any minq model (see the module docstring)."""
+class Weights(Protocol):
+    """The least a weight-only scheme (RTN) needs: named linears and a way to swap them."""
 
     weights: dict
-    tokenizer: object
 
     def linear_names(self) -> list[str]: ...
 
-    def with_weights(self, new: dict) -> Model: ...
+    def with_weights(self, new: dict) -> Weights: ...
+
+
+@runtime_checkable
+class Model(Weights, Protocol):
+    """Any minq model (see the module docstring)."""
+
+    tokenizer: object
 
     @property
     def nbytes(self) -> int: ...
@@ -137,7 +144,7 @@ def require(model, protocol, what: str):
     if isinstance(model, protocol):
         return model
     names = [n for n in _members(protocol) if not hasattr(model, n)]
-    kind = "a decoder that runs block by block (a Llama: minq.load_model('smollm2'))" if protocol is Decoder \
-        else "a minq model (minq.load_model)"
+    kind = {Decoder: "a decoder that runs block by block (a Llama: minq.load_model('smollm2'))",
+            Model: "a minq model (minq.load_model)"}.get(protocol, "weights, linear_names() and with_weights()")
     raise TypeError(f"{what} needs {kind}; got a {type(model).__name__}"
                     + (f" without {', '.join(sorted(names))}" if names else ""))

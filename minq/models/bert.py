@@ -230,6 +230,11 @@ class BertEncoder:
         except KeyError as e:
             raise ValueError(f"{path}: tensor {e.args[0]!r} missing: not a complete BERT checkpoint") from e
         tok = BertTokenizer(folder / "tokenizer.json", max_length=cfg.max_seq_length)
+        arrays = [*biases.items(), *((f"{k}.{j}", v) for k, gb in norms.items() for j, v in zip("gb", gb)),
+                  *embeddings.items()]
+        bad = [name for name, a in arrays if not np.isfinite(a).all()]
+        if bad:
+            raise ValueError(f"{path}: tensors {bad[:5]} have NaN or Inf values")
         return cls(cfg, weights, biases, norms, embeddings, tokenizer=tok)
 
     def linear_names(self) -> list[str]:

@@ -44,12 +44,33 @@ class LlamaConfig:
     rope_theta: float
     context_length: int
 
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "context_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"config {name} must be a positive int, got {v!r}")
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(f"config: dim {self.dim} must split into n_heads {self.n_heads} heads of even size, "
+                             f"and n_heads into n_kv_heads {self.n_kv_heads} groups")
+        for name in ("norm_eps", "rope_theta"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"config {name} must be a finite number > 0, got {v!r}")
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
     @classmethod
     def from_gguf_metadata(cls, md: dict) -> LlamaConfig:
+        """The config from a GGUF's metadata; ValueError naming a missing key or an invalid value."""
+        try:
+            return cls._from_metadata(md)
+        except KeyError as e:
+            raise ValueError(f"GGUF metadata key {e.args[0]!r} is missing: not a complete Llama checkpoint") from None
+
+    @classmethod
+    def _from_metadata(cls, md: dict) -> LlamaConfig:
         a = md["general.architecture"]
         n_heads = int(md[f"{a}.attention.head_count"])
         tokens = md.get("tokenizer.ggml.tokens")
@@ -157,6 +178,15 @@ class LlamaWeights:
         except KeyError as e:
             raise ValueError(f"{path}: tensor {e.args[0]!r} missing: not a complete Llama checkpoint") from e
         output = t.pop("output.weight", None)                                      # untied head, if any
+        for name, a in [*norms.items(), ("token_embd", embedding), ("output", output)]:
+            if a is None:
+                continue
+            rows = a.shape[0] >= cfg.vocab_size if name in ("token_embd", "output") else a.shape[0] == cfg.dim
+            if a.ndim != (2 if name in ("token_embd", "output") else 1) or a.shape[-1] != cfg.dim or not rows:
+                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(a.shape)}; vocab_size {cfg.vocab_size} "
+                                 f"and dim {cfg.dim} need [{cfg.dim}] for a norm, [>= vocab_size, dim] for the embedding")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{path}: tensor {name!r} has NaN or Inf values")
         tok = Tokenizer.from_gguf_metadata(g.metadata)
         return cls(cfg, weights, norms, embedding, output=output, tokenizer=tok)
 

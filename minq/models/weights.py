@@ -80,4 +80,6 @@ def _dense_of(w, name, shape):
     W = np.ascontiguousarray(W, dtype=np.float32)
     if W.shape != shape:
         raise ValueError(f"weight {name!r}.dequantize() returned shape {W.shape}, expected {shape}")
+    if not np.isfinite(W).all():                  # a NaN weight would turn every output into NaN, silently
+        raise ValueError(f"weight {name!r} has NaN or Inf values")
     return W
