@@ -145,6 +145,7 @@ def require(model, protocol, what: str):
         return model
     names = [n for n in _members(protocol) if not hasattr(model, n)]
     kind = {Decoder: "a decoder that runs block by block (a Llama: minq.load_model('smollm2'))",
-            Model: "a minq model (minq.load_model)"}.get(protocol, "weights, linear_names() and with_weights()")
+            Model: "a minq model (minq.load_model)"}.get(protocol, "a model with weights, linear_names() and "
+                                                                   "with_weights()")
     raise TypeError(f"{what} needs {kind}; got a {type(model).__name__}"
                     + (f" without {', '.join(sorted(names))}" if names else ""))
