@@ -126,6 +126,30 @@ class NumpyNamespace:
         return rng.random(shape, dtype=np.float32)
 
     @staticmethod
+    def empty(shape, dtype: str, like):
+        """An uninitialised array of ``shape`` and ``dtype`` (a name: "float32", "uint8", ...)."""
+        return np.empty(shape, dtype)
+
+    @staticmethod
+    def asarray(a, like):
+        """``a`` (a NumPy array) as an array of ``like``'s library (and device)."""
+        return np.asarray(a)
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    @staticmethod
+    def f64(a):
+        return np.asarray(a, dtype=np.float64)
+
+    outer = staticmethod(np.outer)
+
+    @staticmethod
+    def to_numpy(a):
+        return np.asarray(a)
+
+    @staticmethod
     def nbytes(a) -> int:
         return int(a.nbytes)
 
@@ -210,6 +234,24 @@ class TorchNamespace:
         if not isinstance(rng, self.t.Generator):
             raise TypeError(f"rng must be a torch.Generator for torch input, got {type(rng).__name__}")
         return self.t.rand(shape, generator=rng, device=rng.device).to(like.device)
+
+    def empty(self, shape, dtype: str, like):
+        return self.t.empty(tuple(shape), dtype=getattr(self.t, dtype), device=like.device)
+
+    def asarray(self, a, like):
+        return self.t.as_tensor(a, device=like.device)
+
+    def copy(self, a):
+        return a.clone()
+
+    def f64(self, a):
+        return a.to(self.t.float64)
+
+    def outer(self, a, b):
+        return self.t.outer(a, b)
+
+    def to_numpy(self, a):
+        return a.detach().cpu().numpy()
 
     def nbytes(self, a) -> int:
         return int(a.numel() * a.element_size())

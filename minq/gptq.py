@@ -56,7 +56,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from minq import affine
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import (
     check_bits,
     check_choice,
@@ -192,22 +192,19 @@ def gptq_quantize(W, H, *, bits: int, group_size=-1, symmetric: bool = False, ac
     the stored scale, so ``dequantize()`` reproduces what the error feedback assumed.
 
     NumPy arrays run the Numba kernel (bit for bit ``gptq_quantize_reference``, the readable loop);
-    torch tensors run the torch loop on their device and give torch tensors. Returns a ``GPTQWeight`` (a
+    torch tensors run that readable loop itself, on their device, and give torch tensors. Returns a ``GPTQWeight`` (a
     ``GroupedAffine``); ``dequantize()`` is ``W_hat [out, in]`` in the original column order. Raises
     TypeError / ValueError naming the parameter for bad input.
     """
-    loop = _loop_torch if is_torch(W) else _loop_numba
+    loop = _loop_reference if is_torch(W) else _loop_numba
     return _gptq(W, H, loop, bits=bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
                  static_groups=static_groups, damp=damp, block_size=block_size, group_params=group_params,
                  scale_dtype=scale_dtype)
 
 
 def gptq_quantize_reference(W, H, **kw) -> GPTQWeight:
-    """``gptq_quantize`` (same arguments, same result bit for bit) with the readable NumPy column loop
-    ``_loop_reference``: the specification of the Numba kernel. NumPy arrays only (TypeError otherwise)."""
-    if is_torch(W) or is_torch(H):
-        raise TypeError("gptq_quantize_reference is the NumPy reference: W and H must be numpy arrays "
-                        "(gptq_quantize runs torch tensors)")
+    """``gptq_quantize`` (same arguments, same result bit for bit) with the readable column loop
+    ``_loop_reference``: the specification of the Numba kernel, on NumPy arrays or torch tensors."""
     return _gptq(W, H, _loop_reference, **kw)
 
 
@@ -313,34 +310,36 @@ def _f32(a):
 
 
 def _loop_reference(W, U, S, Z, gidx, g, dynamic, blocks, qp):
-    """GPTQ's column loop, as in the paper. W [out, n] float32 in processing order (modified), U [n, n]
-    upper float32; S, Z [out, G]: group params (filled here, as each group of g columns starts, when
-    ``dynamic``); gidx [n]: the group of each column. Returns codes Q [out, n] uint8 and the loss of each
-    column, float64 [n]."""
+    """GPTQ's column loop, as in the paper, on NumPy arrays or torch tensors (``minq._backend``). W [out, n]
+    float32 in processing order (modified), U [n, n] upper float32; S, Z [out, G]: group params (filled
+    here, as each group of g columns starts, when ``dynamic``); gidx [n]: the group of each column.
+    Returns codes Q [out, n] uint8 and the loss of each column, float64 [n] (NumPy)."""
+    xp = namespace(W)
     out, n = W.shape
     qmax = (1 << qp["bits"]) - 1
-    Q = np.empty((out, n), np.uint8)
-    Loss = np.empty((out, n), np.float64)
+    U = xp.asarray(U, W)
+    Q = xp.empty((out, n), "uint8", W)
+    Loss = xp.empty((out, n), "float64", W)
     for i1, i2 in blocks:
-        W1 = W[:, i1:i2].copy()                                            # the block, updated column by column
-        Err1 = np.empty_like(W1)
+        W1 = xp.copy(W[:, i1:i2])                                          # the block, updated column by column
+        Err1 = xp.empty(W1.shape, "float32", W)
         for j in range(i2 - i1):
             c = i1 + j
             if dynamic and c % g == 0:                                     # a group starts: params from W,
                 S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)   # not W1 (stale in-block)
-            s, z = S[:, gidx[c]].astype(np.float32), Z[:, gidx[c]]        # [out] each
+            s, z = xp.f32(S[:, int(gidx[c])]), Z[:, int(gidx[c])]          # [out] each
             w = W1[:, j]
-            q = np.clip(np.rint(w / s) + z, 0, qmax)                       # chapter 02's quantize
+            q = xp.clip(xp.rint(w / s) + z, 0, qmax)                       # chapter 02's quantize
             wq = s * (q - z)
             d = U[c, c]
             err = (w - wq) / d                                             # [out]
-            Q[:, c] = q
-            diff = (w - wq).astype(np.float64)
-            Loss[:, c] = diff * diff / (np.float64(d) * np.float64(d))      # output error added
-            W1[:, j + 1:] -= np.outer(err, U[c, c + 1:i2])                 # OBS update inside the block
+            Q[:, c] = xp.to_uint8(q)
+            diff = xp.f64(w - wq)
+            Loss[:, c] = diff * diff / (xp.f64(d) * xp.f64(d))              # output error added
+            W1[:, j + 1:] -= xp.outer(err, U[c, c + 1:i2])                 # OBS update inside the block
             Err1[:, j] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]                                  # lazy batch update, one GEMM
-    return Q, Loss.sum(axis=0)
+    return Q, xp.to_numpy(Loss.sum(0))
 
 
 # --- the fast loop: the same arithmetic, rows in parallel ------------------------------------------
@@ -396,38 +395,6 @@ def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
                 u = U1[j, k]
                 for t in range(nr):
                     tile[k, t] -= e[t] * u
-
-
-# --- torch: the readable loop on torch tensors (any device) ---------------------------------------
-
-
-def _loop_torch(W, U, S, Z, gidx, g, dynamic, blocks, qp):
-    import torch
-
-    out, n = W.shape
-    qmax = (1 << qp["bits"]) - 1
-    U = torch.as_tensor(U, device=W.device)
-    Q = torch.empty((out, n), dtype=torch.uint8, device=W.device)
-    Loss = torch.empty((out, n), dtype=torch.float64, device=W.device)
-    for i1, i2 in blocks:
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.empty_like(W1)
-        for j in range(i2 - i1):
-            c = i1 + j
-            if dynamic and c % g == 0:
-                S[:, c // g], Z[:, c // g] = _group_params(W[:, c:c + g], qp)
-            s, z = S[:, int(gidx[c])].float(), Z[:, int(gidx[c])]
-            w = W1[:, j]
-            q = torch.clamp(torch.round(w / s) + z, 0, qmax)
-            wq = s * (q - z)
-            d = U[c, c]
-            err = (w - wq) / d
-            Q[:, c] = q.to(torch.uint8)
-            Loss[:, c] = (w - wq).double() ** 2 / d.double() ** 2
-            W1[:, j + 1:] -= torch.outer(err, U[c, c + 1:i2])
-            Err1[:, j] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    return Q, Loss.sum(dim=0).cpu().numpy()
 
 
 # --- small array helpers for both backends --------------------------------------------------------
