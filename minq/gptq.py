@@ -250,35 +250,36 @@ def _gptq(W, H, loop, *, bits: int, group_size=-1, symmetric: bool = False, act_
         W[:, dead] = 0
 
     # -- group layout: gidx[c] = group of processed column c; S, Z [out, G] filled before or during --
+    xp = namespace(W)
     qp = dict(bits=bits, symmetric=symmetric, scale_dtype=scale_dtype)
     per_tensor = group_size is None or group_size == 0
     if per_tensor or g == n:                                               # one group, params from all of W
         p = affine.choose_qparams(W, axis=None if per_tensor else 1, **qp)
-        S, Z = _bcast(p.s, out), _bcast(p.z, out)
+        S, Z = (xp.copy(a) if a.shape[0] == out else xp.repeat(a, [out], 0) for a in (p.s, p.z))  # -> [out, 1]
         gidx, dynamic = np.zeros(n, np.int64), False
     elif static_groups:                                                    # original groups, before any update
         ps = [affine.choose_qparams(W[:, a:a + g], axis=1, **qp) for a in range(0, n, g)]
-        S, Z = _cat([p.s for p in ps]), _cat([p.z for p in ps])
+        S, Z = xp.cat([p.s for p in ps], 1), xp.cat([p.z for p in ps], 1)
         gidx, dynamic = perm // g, False
     else:                                                                  # processed groups, filled as they start
         G = -(-n // g)
-        S, Z = _empty_like_params(W, out, G, scale_dtype), _empty_like_params(W, out, G, "float32")
+        S, Z = xp.empty((out, G), scale_dtype, W), xp.empty((out, G), "float32", W)
         gidx, dynamic = np.arange(n) // g, True
-    W = W[:, _as_index(perm, W)] if act_order else W                       # processing order
+    W = W[:, xp.asarray(perm, W)] if act_order else W                       # processing order
     starts = range(0, n, g) if dynamic and group_params == "fresh" else ()
     blocks = _blocks(n, block_size, starts)
     Q, losses = loop(W, U.astype(np.float32), S, Z, gidx, g, dynamic, blocks, qp)
 
     # -- back to the original order (or keep the processing order with perm) and into the container --
     if act_order and not dynamic:
-        Q = Q[:, _as_index(np.argsort(perm), Q)]
+        Q = Q[:, xp.asarray(np.argsort(perm), Q)]
     keep_perm = act_order and dynamic
     losses_orig = np.empty(n, np.float64)
     losses_orig[perm] = losses
     ragged = not per_tensor and n % g != 0                                 # stored at width gs = gcd(g, n)
     if ragged:                                                             # repeat each group's params
         gs, reps = ragged_layout(g, n)
-        S, Z = _repeat_cols(S, reps), _repeat_cols(Z, reps)
+        S, Z = xp.repeat(S, reps, 1), xp.repeat(Z, reps, 1)
     if per_tensor:
         S, Z = S[:1, :1], Z[:1, :1]
     base = GroupedAffine.from_codes(Q, S, None if symmetric else Z, bits=bits,
@@ -286,7 +287,7 @@ def _gptq(W, H, loop, *, bits: int, group_size=-1, symmetric: bool = False, act_
     if ragged:
         base = replace(base, ragged_group_size=g)                         # nbytes: each group's params once
     return GPTQWeight(**{f.name: getattr(base, f.name) for f in fields(GroupedAffine)},
-                      perm=_as_index(perm, Q) if keep_perm else None, losses=losses_orig,
+                      perm=xp.asarray(perm, Q) if keep_perm else None, losses=losses_orig,
                       gptq_group_size=group_size)
 
 
@@ -300,10 +301,6 @@ def _group_params(Wslice, qp):
     """(s, z) [out] of one group from ``Wslice [out, g]``: s in the storage dtype, z float32."""
     p = affine.choose_qparams(Wslice, axis=1, **qp)
     return p.s[:, 0], p.z[:, 0]
-
-
-def _f32(a):
-    return a.float() if is_torch(a) else a.astype(np.float32)
 
 
 # --- the readable loop ------------------------------------------------------------------------------
@@ -395,45 +392,3 @@ def _block_kernel(W1, U1, S, Z, gidx1, qmax, i1, Q, Err1, Loss):
                 u = U1[j, k]
                 for t in range(nr):
                     tile[k, t] -= e[t] * u
-
-
-# --- small array helpers for both backends --------------------------------------------------------
-
-
-def _bcast(a, out):
-    """[1, 1] or [out, 1] -> a [out, 1] copy."""
-    if is_torch(a):
-        return a.expand(out, 1).clone()
-    return np.ascontiguousarray(np.broadcast_to(a, (out, 1)))
-
-
-def _cat(parts):
-    if is_torch(parts[0]):
-        import torch
-
-        return torch.cat(parts, dim=1)
-    return np.concatenate(parts, axis=1)
-
-
-def _empty_like_params(W, out, G, dtype):
-    if is_torch(W):
-        import torch
-
-        return torch.empty((out, G), dtype=getattr(torch, dtype), device=W.device)
-    return np.empty((out, G), dtype)
-
-
-def _repeat_cols(a, reps):
-    if is_torch(a):
-        import torch
-
-        return torch.repeat_interleave(a, torch.as_tensor(reps, device=a.device), dim=1)
-    return np.repeat(a, reps, axis=1)
-
-
-def _as_index(idx, like):
-    if is_torch(like):
-        import torch
-
-        return torch.as_tensor(idx, device=like.device)
-    return idx
