@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from minq import affine
-from minq._backend import is_torch
+from minq._backend import is_torch, namespace
 from minq._checks import check_bits, check_float_array, check_group_size
 from minq.groups import GroupedAffine, quantize_groups
 
@@ -153,7 +153,8 @@ def search_clip(W, H, *, bits: int, group_size, shrinks=SHRINKS, scale_dtype: st
     g = check_group_size(group_size, n_in)
     G = n_in // g
     Wg = W.reshape(out, G, g)                                                 # [out, G, g]
-    amax = abs(Wg).amax(-1, keepdim=True) if is_torch(W) else np.abs(Wg).max(-1, keepdims=True)  # [out, G, 1]
+    xp = namespace(W)
+    amax = xp.amax(abs(Wg), (-1,))                                            # [out, G, 1]
     Hb = [H[k * g:(k + 1) * g, k * g:(k + 1) * g] for k in range(G)]         # diagonal blocks [g, g]
     best = err_best = None
     for shrink in shrinks:
@@ -161,13 +162,13 @@ def search_clip(W, H, *, bits: int, group_size, shrinks=SHRINKS, scale_dtype: st
         dW = fake_quantize_groups(Wg.clip(-max_val, max_val).reshape(out, n_in), bits=bits, group_size=group_size,
                                   scale_dtype=scale_dtype).reshape(out, G, g) - Wg
         # one GEMM per group (a batched 3-D matmul is far slower with threaded BLAS)
-        err = _stack([((dW[:, k] @ Hb[k]) * dW[:, k]).sum(-1) for k in range(G)])   # [out, G]
+        err = xp.cat([((dW[:, k] @ Hb[k]) * dW[:, k]).sum(-1)[:, None] for k in range(G)], 1)   # [out, G]
         if best is None:
             best, err_best = max_val, err
         else:
             better = (err < err_best)[..., None]
-            best = _where(better, max_val, best)
-            err_best = _where(better[..., 0], err, err_best)
+            best = xp.where(better, max_val, best)
+            err_best = xp.where(better[..., 0], err, err_best)
     return best, err_best
 
 
@@ -198,7 +199,7 @@ def awq_quantize(W, X, *, bits: int, group_size, alphas=ALPHAS, clip: bool = Tru
     out, n_in = W.shape
     check_group_size(group_size, n_in)
     shrinks = _check_shrinks(shrinks)
-    W, X = _f32(W), _f32(X)
+    W, X = namespace(W).f32(W), namespace(X).f32(X)
     H = X.T @ X                                                              # [in, in]
     n = X.shape[0]
 
@@ -235,27 +236,6 @@ def _check_shrinks(shrinks) -> tuple:
     if not shrinks or not all(0 < c <= 1 for c in shrinks):
         raise ValueError(f"shrinks must be a non-empty sequence of numbers in (0, 1], got {shrinks!r}")
     return shrinks
-
-
-def _f32(a):
-    return a.float() if is_torch(a) else np.asarray(a, dtype=np.float32)
-
-
-def _stack(columns):
-    """``[out]`` arrays -> ``[out, n]``."""
-    if is_torch(columns[0]):
-        import torch
-
-        return torch.stack(columns, 1)
-    return np.stack(columns, 1)
-
-
-def _where(cond, a, b):
-    if is_torch(cond):
-        import torch
-
-        return torch.where(cond, a, b)
-    return np.where(cond, a, b)
 
 
 def __getattr__(name):
