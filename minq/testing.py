@@ -7,13 +7,18 @@
   ``tests/`` and by ``check`` alike: there is one test suite, not two.
 - ``check(fn, reference, ...)``: the exercise checker. It runs your function and the reference on
   many generated inputs and prints one line ``exact | allclose | maxdiff | shape ok``; on failure it
-  raises with the (shrunk) counterexample, target vs yours.
+  raises with the (shrunk) counterexample, target vs yours. A stub (``raise NotImplementedError``)
+  returns False with a one-line note; ``forbid=`` refuses answers that call the function under test.
+  The chapters' exercises (``minq.exercises``) are built on it.
 
 Hypothesis is imported lazily: ``import minq.testing`` works without it, the strategies need it
 (it comes with ``minq[notebooks]`` and ``minq[dev]``).
 """
 
 from __future__ import annotations
+
+import contextlib
+import sys
 
 import numpy as np
 
@@ -104,7 +109,10 @@ def floats32(max_abs: float = 1e4):
 
 def float_arrays(shape=None, *, max_abs: float = 1e4, max_side: int = 16, dims=(1, 2)):
     """float32 arrays of the given shape (or a random one with ``dims`` dimensions and sides up to
-    ``max_side``), finite, with an occasional large outlier to stress min-max scales."""
+    ``max_side``), finite, in ``[-max_abs, max_abs]``. Outliers to stress min-max scales come from
+    hypothesis itself (nothing is injected): its arrays mix a fill value with a few drawn elements, and
+    its floats favour 0, small values and the bounds, so some 10-20% of the draws hold one or two values
+    >= max_abs / 2 over a median <= max_abs / 100 (tests/test_infra.py checks the share)."""
     st = _st()
     from hypothesis.extra import numpy as hnp
 
@@ -144,21 +152,104 @@ def bits(lo: int = 1, hi: int = 8):
 # --- the exercise checker ------------------------------------------------------------------------------
 
 
+class _NotAttempted(BaseException):
+    """Raised inside the hypothesis run when the answer is still the stub. A BaseException (not an
+    Exception) so that hypothesis does not treat it as a failure to shrink: it stops the run at once."""
+
+
+class _Refused(AssertionError):
+    """What a forbidden function raises while the answer runs."""
+
+
+class _Abort(BaseException):
+    """Carries a refusal out of the hypothesis run at once (no shrinking: every input would fail)."""
+
+
+def _owner_and_name(f):
+    """Where ``f`` is reachable by name in its defining module: ``(owner, attribute)``, where ``owner``
+    is the module or, for a method (qualname ``Class.method``), the class; None if it is not there."""
+    module = sys.modules.get(getattr(f, "__module__", None) or "")
+    path = (getattr(f, "__qualname__", None) or getattr(f, "__name__", "")).split(".")
+    if module is None or "<locals>" in path or not path[-1]:
+        return None
+    owner = module
+    for part in path[:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return None
+    attr = owner.__dict__.get(path[-1]) if hasattr(owner, "__dict__") else None
+    return (owner, path[-1]) if attr is f or getattr(attr, "__func__", None) is f else None
+
+
+def _qualname(f) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', getattr(f, '__name__', repr(f)))}"
+
+
+def _refusal(f):
+    """A function that stands in for the forbidden ``f`` while the answer runs."""
+    message = f"this exercise asks you to write {_qualname(f)} yourself; the check compares against it"
+
+    def refused(*args, **kwargs):
+        raise _Refused(message)
+
+    refused.__name__ = getattr(f, "__name__", "refused")
+    refused.__qualname__ = getattr(f, "__qualname__", refused.__name__)
+    return refused
+
+
+@contextlib.contextmanager
+def _forbidding(fn, forbid):
+    """While the block runs, every name bound to a function of ``forbid`` in ``fn.__globals__`` and the
+    attribute of its defining module (or class) raise AssertionError; all are restored afterwards, also
+    when the block raises."""
+    saved = []                                      # (namespace setter, name, original)
+    try:
+        for f in forbid:
+            refused = _refusal(f)
+            namespace = getattr(fn, "__globals__", None)
+            if namespace is not None:
+                for name, value in list(namespace.items()):
+                    if value is f:
+                        saved.append((namespace.__setitem__, name, value))
+                        namespace[name] = refused
+            where = _owner_and_name(f)
+            if where is not None:
+                owner, name = where
+                original = owner.__dict__[name]
+                saved.append((lambda n, v, o=owner: setattr(o, n, v), name, original))
+                setattr(owner, name, refused)
+        yield
+    finally:
+        for put, name, original in reversed(saved):
+            put(name, original)
+
+
 def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0, n: int = 50,
-          verbose: bool = True) -> bool:
-    """Check ``fn`` against ``reference`` on ``n`` inputs drawn from ``strategy``.
+          verbose: bool = True, forbid=()) -> bool:
+    """Check ``fn`` against ``reference`` on ``n`` inputs drawn from ``strategy``: the exercise checker.
 
     strategy: a hypothesis strategy producing one argument, or a tuple of arguments (default:
         ``float_arrays()``). Both functions are called as ``f(*args)``.
     atol, rtol: 0 means exact (``assert_equal``); otherwise ``assert_close``.
+    forbid: the library functions the exercise asks you to write yourself (function objects). While
+        *your* function runs, every name bound to one of them in ``fn.__globals__`` and the attribute
+        of its defining module (``sys.modules[f.__module__]``, or the class for a method) is replaced
+        by a function that raises AssertionError, so an answer that merely calls the function under
+        test fails; all are restored afterwards, also on error. The reference runs unrestricted.
 
-    Prints ``exact | allclose | maxdiff | shape ok`` and returns True, or raises AssertionError
-    with the smallest failing input hypothesis found, target vs yours.
+    Prints ``exact | allclose | maxdiff | shape ok`` and returns True, or raises AssertionError with
+    the smallest failing input hypothesis found, target vs yours. A stub -- ``fn`` raising
+    NotImplementedError on the first input -- prints ``not attempted yet: ...`` and returns False
+    without raising, so a notebook of unsolved exercises runs top to bottom.
     """
     from hypothesis import HealthCheck, given, settings
 
     strategy = float_arrays() if strategy is None else strategy
-    stats = {"exact": True, "close": True, "maxdiff": 0.0, "shape": True, "count": 0}
+    forbid = tuple(forbid)
+    stats = {"exact": True, "close": True, "maxdiff": 0.0, "shape": True, "count": 0, "calls": 0}
+    # an answer that *is* a forbidden function is called through its refusal
+    answer = next((_refusal(f) for f in forbid if fn is f or getattr(fn, "__func__", None) is f), fn)
+    fn_name = getattr(fn, "__name__", repr(fn))
 
     def as_args(v):
         return v if isinstance(v, tuple) else (v,)
@@ -168,7 +259,18 @@ def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0,
     @given(strategy)
     def run(v):
         args = as_args(v)
-        want, got = _to_numpy(reference(*args)), _to_numpy(fn(*args))
+        first = stats["calls"] == 0
+        stats["calls"] += 1
+        with _forbidding(fn, forbid):
+            try:
+                got = answer(*args)
+            except NotImplementedError:
+                if first:
+                    raise _NotAttempted from None
+                raise
+            except _Refused as e:
+                raise _Abort(e) from None
+        got, want = _to_numpy(got), _to_numpy(reference(*args))
         stats["count"] += 1
         if got.shape != want.shape:
             stats["shape"] = False
@@ -191,8 +293,14 @@ def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0,
 
     try:
         run()
-    finally:
+    except _NotAttempted:
         if verbose:
+            print(f"not attempted yet: {fn_name} raises NotImplementedError (the stub)")
+        return False
+    except _Abort as abort:
+        raise abort.args[0] from None
+    finally:
+        if verbose and stats["count"]:
             print(f"exact: {stats['exact']} | allclose: {stats['close']} | maxdiff: {stats['maxdiff']:.3g}"
                   f" | shape ok: {stats['shape']} | examples: {stats['count']}")
     if verbose:
