@@ -16,7 +16,7 @@ import numpy as np
 
 from minq._checks import check_hooks
 from minq.models.tokenizer import BertTokenizer
-from minq.models.weights import DenseWeight, _dense_of
+from minq.models.weights import DenseWeight, _dense_of, check_weight_names
 
 __all__ = ["BertConfig", "BertWeights", "LINEARS", "MAX_SEQ_LENGTH"]
 
@@ -84,10 +84,7 @@ class BertWeights:
         self.norms = norms
         self.embeddings = embeddings
         names = self.linear_names()
-        if set(weights) != set(names):
-            raise ValueError(f"weights must hold exactly the linears {names[:6]}...; missing "
-                             f"{sorted(set(names) - set(weights))[:5]}, unknown {sorted(set(weights) - set(names))[:5]}")
-        self.weights = dict(weights)
+        self.weights = check_weight_names(weights, names)
         dense = dict(_dense or {})
         for name in names:  # dequantize once; reuse what an unchanged weight object already produced
             if name not in dense:
@@ -167,9 +164,7 @@ class BertWeights:
         Raises ValueError naming unknown names or a weight whose ``shape`` does not match, TypeError for
         an object outside the quantized-weight protocol.
         """
-        unknown = sorted(set(new) - set(self.weights))
-        if unknown:
-            raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
+        check_weight_names(new, self.linear_names(), new=True)
         dense = {n: a for n, a in self._dense.items() if n not in new}
         return type(self)(self.config, {**self.weights, **new}, self.biases, self.norms, self.embeddings,
                            tokenizer=self.tokenizer, _dense=dense)

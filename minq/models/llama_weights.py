@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq.models.base import FoldTarget
-from minq.models.weights import DenseWeight, _dense_of, _stack_rows
+from minq.models.weights import DenseWeight, _dense_of, _stack_rows, check_weight_names
 
 __all__ = ["LlamaConfig", "LlamaWeights", "LINEARS", "GROUPS", "fold_targets"]
 
@@ -132,10 +132,7 @@ class LlamaWeights:
         self.embedding = embedding
         self.output = output
         names = self.linear_names()
-        if set(weights) != set(names):
-            raise ValueError(f"weights must hold exactly the linears {names[:7]}...; missing "
-                             f"{sorted(set(names) - set(weights))[:5]}, unknown {sorted(set(weights) - set(names))[:5]}")
-        self.weights = dict(weights)
+        self.weights = check_weight_names(weights, names)
         # {(name, ...): float32 [sum of out, in]}: the dense weights of each group of GROUPS, row-stacked.
         # Each weight is dequantized once, here; groups of an unchanged model are shared (with_weights).
         self._W = dict(_stacked or {})
@@ -208,9 +205,7 @@ class LlamaWeights:
 
         Raises ValueError naming unknown names or a weight whose ``shape`` does not match.
         """
-        unknown = sorted(set(new) - set(self.weights))
-        if unknown:
-            raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
+        check_weight_names(new, self.linear_names(), new=True)
         unchanged = {key: W for key, W in self._W.items() if not set(key) & set(new)}
         return type(self)(self.config, {**self.weights, **new}, self.norms, self.embedding,
                           output=self.output, tokenizer=self.tokenizer, _stacked=unchanged)

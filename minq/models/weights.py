@@ -83,3 +83,15 @@ def _dense_of(w, name, shape):
     if not np.isfinite(W).all():                  # a NaN weight would turn every output into NaN, silently
         raise ValueError(f"weight {name!r} has NaN or Inf values")
     return W
+
+
+def check_weight_names(weights: dict, names: list, *, new: bool = False) -> dict:
+    """``weights`` checked against a model's linear ``names``: exactly those (a model's own weights), or
+    (``new=True``, a ``with_weights`` swap) a subset of them. ValueError naming what is missing or unknown."""
+    unknown = sorted(set(weights) - set(names))
+    if new and unknown:
+        raise ValueError(f"unknown weight names {unknown[:5]}; see model.linear_names()")
+    if not new and set(weights) != set(names):
+        raise ValueError(f"weights must hold exactly the linears {names[:7]}...; missing "
+                         f"{sorted(set(names) - set(weights))[:5]}, unknown {unknown[:5]}")
+    return dict(weights)
