@@ -2,8 +2,12 @@
 
     minq fetch [--model smollm2|minilm|all]                 download the real models into $MINQ_CACHE
     minq eval --model NAME|PATH [--scheme NAME] [--max-tokens N]     perplexity of one (quantized) model
-    minq report [--model NAME|PATH] [--schemes a,b] [--max-tokens N] [--out DIR]   the main job
-    minq schemes                                            list the registered schemes
+    minq report [--model NAME|PATH] [--all | --schemes a,b] [--max-tokens N] [--out DIR] [--fresh]
+                                                            the main job (default: the quick run)
+    minq schemes                                            list the default schemes
+
+Errors of the user's making (ValueError, TypeError, FileNotFoundError, RuntimeError; file-system
+errors, OSError) print ``minq: error: ...`` and exit with status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -26,26 +30,84 @@ def main(argv=None) -> int:
     e.add_argument("--scheme", default=None, help="a registered scheme name (default: no quantization)")
     e.add_argument("--max-tokens", type=int, default=None, help="evaluate the first N tokens (default: all)")
     e.add_argument("--window", type=int, default=512)
-    r = sub.add_parser("report", help="quantize with every registered scheme; write a table and a plot")
-    r.add_argument("--model", default="smollm2", help="model name or .gguf path (default smollm2)")
-    r.add_argument("--schemes", default=None, help="comma-separated scheme names (default: all registered)")
-    r.add_argument("--max-tokens", type=int, default=None, help="evaluation tokens per scheme")
+    r = sub.add_parser("report", help="quantize with many schemes; write a table, a plot and the seed's claims",
+                       description="Default: the quick run (one scheme per method family at 8 and 4 bits, 4,096 "
+                                   "evaluation tokens). Rows are cached: a rerun resumes or is instant.")
+    r.add_argument("--model", default="smollm2", help="smollm2 (default), minilm, or a Llama .gguf path")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every default scheme, on 16,384 tokens")
+    which.add_argument("--schemes", default=None, help="comma-separated scheme names (on 16,384 tokens)")
+    r.add_argument("--max-tokens", type=int, default=None,
+                   help="evaluation tokens per scheme (default 4,096 for the quick run, else 16,384)")
     r.add_argument("--out", default="minq-report", help="output folder (default: minq-report)")
-    sub.add_parser("schemes", help="list the registered schemes")
+    r.add_argument("--fresh", action="store_true", help="measure every row again instead of using the cache")
+    sub.add_parser("schemes", help="list the default schemes (* : in the quick run)")
     args = p.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
         print(f"minq: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        extra = ("; the rows measured so far are cached: run the same command again to resume"
+                 if args.cmd == "report" else "")
+        print(f"minq: interrupted{extra}", file=sys.stderr)
+        return 130
+
+
+def _check_tokens(max_tokens, window: int) -> None:
+    if max_tokens is not None and max_tokens < window:
+        raise ValueError(f"--max-tokens must be at least the window ({window} tokens), got {max_tokens}")
+
+
+def _eval(args) -> int:
+    import minq
+    from minq.data import eval_tokens
+
+    if args.window < 2:
+        raise ValueError(f"--window must be >= 2, got {args.window}")
+    _check_tokens(args.max_tokens, args.window)
+    if args.scheme:
+        registry.get(args.scheme)                       # an unknown name fails before the model loads
+    model = minq.load_model(args.model)
+    ids = eval_tokens(model.tokenizer, max_tokens=args.max_tokens)
+    t0 = time.perf_counter()
+    if args.scheme:
+        model = minq.quantize(model, args.scheme)
+    t_q = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        ppl = minq.perplexity(model, ids, args.window)
+    except ValueError as err:
+        raise ValueError(f"model {args.model}, scheme {args.scheme or 'none (float32)'}: {err}") from err
+    print(f"model {args.model}  scheme {args.scheme or 'none (float32)'}  tokens {len(ids)}  window {args.window}")
+    n = sum(w.shape[0] * w.shape[1] for w in model.weights.values())
+    print(f"perplexity {ppl:.4f}  bits/weight {8 * model.nbytes / n:.3f}  linears {model.nbytes / 1e6:.1f} MB  "
+          f"quantize {t_q:.1f} s  eval {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _report(args) -> int:
+    from minq.report import run_report
+
+    schemes = None if args.schemes is None else [s.strip() for s in args.schemes.split(",") if s.strip()]
+    quick = schemes is None and not args.all
+    t0 = time.perf_counter()
+    run_report(args.model, schemes, out_dir=args.out, quick=quick, max_tokens=args.max_tokens, fresh=args.fresh)
+    out = Path(args.out)
+    print()
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(out / n) for n in ('report.md', 'report.png', 'report.html', 'report.json'))} "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def _run(args) -> int:
-    import minq
-
     if args.cmd == "schemes":
+        quick = set(registry.default_schemes(quick=True))
         for name in registry.default_schemes():
-            print(f"{name:24s} {registry.get(name).description}")
+            mark = "*" if name in quick else " "
+            print(f"{mark} {name:26s} {registry.family_of(name):12s} {registry.get(name).description}")
         return 0
     if args.cmd == "fetch":
         from minq import assets
@@ -55,30 +117,8 @@ def _run(args) -> int:
             print(f"{name}: {assets.fetch(name)}")
         return 0
     if args.cmd == "eval":
-        from minq.data import eval_tokens
-
-        model = minq.load_model(args.model)
-        ids = eval_tokens(model.tokenizer, max_tokens=args.max_tokens)
-        t0 = time.perf_counter()
-        if args.scheme:
-            model = minq.quantize(model, args.scheme)
-        t_q = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ppl = minq.perplexity(model, ids, args.window)
-        print(f"model {args.model}  scheme {args.scheme or 'none (float32)'}  tokens {len(ids)}  "
-              f"window {args.window}")
-        n = sum(w.shape[0] * w.shape[1] for w in model.weights.values())
-        print(f"perplexity {ppl:.4f}  bits/weight {8 * model.nbytes / n:.3f}  linears {model.nbytes / 1e6:.1f} MB  "
-              f"quantize {t_q:.1f} s  eval {time.perf_counter() - t0:.1f} s")
-        return 0
-    from minq.report import DEFAULT_MAX_TOKENS, run_report
-
-    schemes = None if args.schemes is None else [s.strip() for s in args.schemes.split(",") if s.strip()]
-    run_report(args.model, schemes, out_dir=args.out, max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS)
-    out = Path(args.out)
-    print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
-    return 0
+        return _eval(args)
+    return _report(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

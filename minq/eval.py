@@ -85,7 +85,8 @@ def nll(model, ids, window: int = 512, *, batch_size: int = 4, progress: bool = 
     49152 -> 0.8 GB for SmolLM2) plus 50 MB; lower ``batch_size`` to use less.
 
     Raises TypeError / ValueError naming ``window`` (not in 2..context length), ``ids`` (empty, not
-    1-D, not integer, out of range, fewer than ``window`` tokens) or ``batch_size``.
+    1-D, not integer, out of range, fewer than ``window`` tokens) or ``batch_size``, and ValueError
+    naming ``model`` when its logits make an NLL NaN or infinite (never returned as a result).
     """
     window = _check_window(model, window)
     ids = _check_ids(model, ids)
@@ -102,6 +103,10 @@ def nll(model, ids, window: int = 512, *, batch_size: int = 4, progress: bool = 
             logits = model.logits(batch)                                    # [B, window, V]
             for b in range(len(batch)):                                     # position t predicts token t+1
                 out[a + b] = token_nll(logits[b, :-1], batch[b, 1:])
+                if not np.isfinite(out[a + b]).all():
+                    raise ValueError(f"model returned NaN or Inf logits in window {a + b} (tokens "
+                                     f"{(a + b) * window}..{(a + b + 1) * window - 1}): the NLL, and so the "
+                                     f"perplexity, is undefined")
             del logits
             bar.update(len(batch))
     return out
@@ -114,7 +119,9 @@ def perplexity(model, text_or_ids, window: int = 512, *, max_tokens: int | None 
     ``max_tokens`` tokens (all when None), with the window protocol of the module docstring.
 
     Raises TypeError / ValueError for an empty text, ``window`` < 2 or beyond the model's context
-    length, ``max_tokens`` < ``window``, fewer tokens than one window, and ids out of range.
+    length, ``max_tokens`` < ``window``, fewer tokens than one window, and ids out of range; ValueError
+    naming ``model`` when the perplexity is not finite (NaN or Inf logits, or a mean NLL so large that
+    ``exp`` overflows float64): a non-finite perplexity is never returned.
     """
     window = _check_window(model, window)
     if isinstance(text_or_ids, str):
@@ -130,7 +137,10 @@ def perplexity(model, text_or_ids, window: int = 512, *, max_tokens: int | None 
             raise ValueError(f"max_tokens={max_tokens} is less than one window of {window} tokens")
         ids = np.asarray(ids)[:max_tokens]
     per_token = nll(model, ids, window, batch_size=batch_size, progress=progress)
-    return float(np.exp(per_token.mean()))
+    mean = float(per_token.mean())
+    if mean > np.log(np.finfo(np.float64).max):
+        raise ValueError(f"model's mean NLL is {mean:.1f} nats: the perplexity exp({mean:.1f}) overflows float64")
+    return float(np.exp(mean))
 
 
 def embedding_fidelity(model_ref, model_q, sentences) -> dict:
