@@ -6,7 +6,7 @@ then stretches the step ``s`` for every other value. An observer watches the val
 
     min-max      lo, hi = min(x), max(x)                            nothing is clipped
     percentile   lo, hi = percentile(x, 100 - p), percentile(x, p)  the tails beyond p are clipped
-    MSE          lo, hi = r * min(x), r * max(x), with r from the grid 1, 1 - 1/n, ..., 1 - max_shrink
+    MSE          lo, hi = r * min(x), r * max(x), with r from the grid 1, 1 - 1/n, ..., 1 - max_shrink + 1/n
                  that minimises sum (x - x_hat)^2                   clipping error vs rounding error
 
 The clipped range becomes ``affine.QParams`` through ``affine.choose_qparams`` itself (called on the
