@@ -2,15 +2,15 @@
 
     python benchmarks/bench_awq.py [--repeat 3] [--tokens 4096] [--model-windows 0]
 
-The layer of gptq_awq.md §5.1 (``W [1536, 576]``, llm-like inputs, 4096 calibration tokens), 4 and
-3 bits, groups of 64. Baseline (``reference_search`` below): the reference's algorithm written
+The layer of notebooks/07_awq.ipynb section 5 (``W [1536, 576]``, llm-like inputs, 4096 calibration
+tokens), 4 and 3 bits, groups of 64. Baseline (``reference_search`` below): the reference's algorithm written
 directly in NumPy float32 — every scale trial multiplies out ``X W_hat^T`` on all tokens, and the
 clip search forms the group-local partial products ``X_g * Q(W_g)`` over 512 sampled tokens, 64 output
 channels at a time, as llm-awq's ``auto_clip_layer`` does. minq scores both searches through
 ``H = X^T X`` (scale: ``tr(dW H dW^T)``; clip: H's diagonal blocks) on every token. Both are timed in
 the same run (best of ``--repeat``), so a loaded machine slows both alike; the relative output error of
 each result is printed beside it. The reference code itself (AutoAWQ on torch CPU) took 46-102 s per
-configuration on this machine class (gptq_awq.md §5.2; goal: at least 5x faster).
+configuration on this machine class (goal: at least 5x faster).
 
 ``--model-windows N`` (N > 0) also times ``awq_model`` on all of SmolLM2 with N calibration windows of
 512 tokens (the ``awq-*`` schemes use 32) and prints its perplexity on 8192 evaluation tokens.
@@ -87,7 +87,7 @@ def bench_layer(repeat, tokens):
         t_minq, q = best_of(lambda b=bits: awq_quantize(W, cal, bits=b, group_size=64), repeat)
         print(f"{bits:4d} {t_ref:22.2f} s {t_minq:8.2f} s {t_ref / t_minq:8.1f}x "
               f"{rel_output_error(W, W_ref, cal):12.5f} {rel_output_error(W, q.dequantize(), cal):13.5f}")
-    print("the reference code (AutoAWQ, torch CPU) took 46-102 s per configuration here (gptq_awq.md §5.2)")
+    print("the reference code (AutoAWQ, torch CPU) took 46-102 s per configuration here")
 
 
 def bench_model(windows):

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_forward.py [--tokens 512] [--repeat 7]
 
-Both load the same GGUF (SmolLM2-135M-Instruct, fetched by ``minq.assets``) as float32 and run the same
+Both load the same GGUF (SmolLM2-135M-Instruct, fetched by ``minq.models.assets``) as float32 and run the same
 ``--tokens`` token ids on the same number of threads: the BLAS thread count numpy uses
 (``OPENBLAS_NUM_THREADS`` sets it), which minq's forward threads follow (each running single-threaded
 BLAS and Numba kernels); torch's intra-op threads are set to it. After a warm-up, the two forwards run
@@ -89,8 +89,7 @@ def main(argv=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from minq import assets
-    from minq.models import load_model
+    from minq.models import assets, load_model
 
     n = blas_threads()
     torch.set_num_threads(n)

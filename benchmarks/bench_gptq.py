@@ -2,14 +2,14 @@
 
     python benchmarks/bench_gptq.py [--repeat 5] [--tokens 4096]
 
-The layer of gptq_awq.md §5.1: ``W [1536, 576]`` and the llm-like calibration inputs (4096 tokens).
+The layer of notebooks/06_gptq.ipynb section 3 (``W [1536, 576]``, llm-like inputs, 4096 tokens).
 Baseline (``paper_gptq`` below): Algorithm 1 of Frantar et al. (2023) transcribed line by line in
 NumPy float32 — ``H^-1`` by ``np.linalg.inv`` and its upper Cholesky factor, a per-column loop with
 the rank-1 update inside each block of 128 and one GEMM per block — with the reference's min-max
 asymmetric quantizer. Also timed: minq's readable loop (``gptq_quantize_reference``), the Numba path
 (``gptq_quantize``), and the torch path on CPU. Each is best of ``--repeat`` runs after a warm-up (Numba
 compiles on the first call); the ratios are measured in the same run, so a loaded machine slows
-both sides alike. The reference code on torch CPU took 1.5-3.5 s on this machine class (§5.2).
+both sides alike. IST-DASLab/gptq on torch CPU took 1.5-3.5 s on this machine class.
 Also printed: the relative output error of each, so that speed is not bought with quality; and the
 two pieces minq computes differently from the reference, timed against the reference's way at both
 of SmolLM2's input widths: the Hessian (reference: float32 running mean, rescaled with a scaled copy
@@ -96,7 +96,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--tokens", type=int, default=4096)
     args = p.parse_args(argv)
-    W, X = llm_like_layer(0, n_tokens=args.tokens + 1024)        # gptq_awq.md §5.1, 1024 held out
+    W, X = llm_like_layer(0, n_tokens=args.tokens + 1024)        # the chapter's layer, 1024 held out
     Xc = X[:args.tokens]
 
     def hessian():

@@ -5,7 +5,7 @@
 Everything is measured in one run, interleaved (a load spike from another process hits every variant of
 a round alike), and reported as the minimum over ``--repeat`` rounds:
 
-1. Calibration: ``minq.ptq.calibrate`` with per-input-channel max|x| observers (what SmoothQuant collects)
+1. Calibration: ``minq.calibration.calibrate`` with per-input-channel max|x| observers (what SmoothQuant collects)
    and with per-tensor MSE observers (``w8a8-mse``) over ``--windows`` windows of ``--seq`` tokens,
    against the plain forward of the same blocks (``embed`` + ``run_block``, no hooks):
 
@@ -44,9 +44,10 @@ def main(argv=None) -> int:
 
     import minq
     import minq.smoothquant  # noqa: F401  (registers smoothquant-w8a8)
+    from minq.calibration import calibrate
     from minq.data import calibration_tokens
     from minq.observers import MinMaxObserver, MSEObserver
-    from minq.ptq import ActQuantModel, calibrate
+    from minq.w8a8 import ActQuantModel
 
     model = minq.load_model("smollm2", progress=False)
     if a.only_mse:

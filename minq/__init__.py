@@ -4,7 +4,7 @@ Chapters (module: concept):
     minq.formats   01 float formats (FP32 ... FP4, E8M0): bit-exact encode/decode
     minq.affine    02 scale and zero point: choose_qparams -> quantize -> dequantize
     minq.groups    03 group quantization and the GroupedAffine container (minq.packing: bit packing)
-    minq.ptq, minq.smoothquant          04 post-training quantization (minq.observers, minq.calibration)
+    minq.ptq, minq.w8a8, minq.smoothquant  04 post-training quantization (minq.observers, minq.calibration)
     minq.gptq, minq.gptq_model          06 GPTQ
     minq.awq, minq.awq_model            07 AWQ (minq.folding: scales folded into the model)
     minq.CHAPTERS  the table of chapters (number, title, modules, notebook)

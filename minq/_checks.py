@@ -3,8 +3,8 @@
 Bad input gets a clear error that names the parameter, never silent garbage:
 TypeError for a wrong type or dtype, ValueError for a wrong value (NaN/Inf, empty, shape, range).
 Works on NumPy arrays and torch tensors alike. Also here, because every integer method needs them:
-``check_int`` (one integer check), ``check_group_size`` (the ``group_size`` descriptor of DESIGN.md §2)
-and ``ragged_layout`` (how a ragged last group is stored).
+``check_int`` (one integer check), ``check_group_size`` (the ``group_size`` descriptor of README.md,
+"Conventions") and ``ragged_layout`` (how a ragged last group is stored).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def check_bits(bits, name: str = "bits", lo: int = 1, hi: int = 8) -> int:
 
 
 def check_group_size(group_size, n_in: int, *, ragged: bool = False) -> int:
-    """The group width ``g`` of the granularity descriptor ``group_size`` (DESIGN.md §2) for ``n_in`` inputs.
+    """The group width ``g`` of minq's granularity descriptor ``group_size`` for ``n_in`` inputs.
 
     ``None`` or 0: per tensor, -1: per channel (row) — both give ``g = n_in``; ``g > 0``: groups of ``g``
     inputs, which must divide ``n_in``, or (``ragged=True``) be at most ``n_in``, the last group holding

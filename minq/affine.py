@@ -1,6 +1,6 @@
 """Chapter 02 — scale and zero point: affine integer quantization.
 
-The one convention of minq (DESIGN.md §2), stated once:
+The one convention of minq, stated once (README.md, "Conventions", repeats it):
 
     q     = clip(round(x / s) + z, qmin, qmax)       codes are unsigned: qmin = 0, qmax = 2^bits - 1
     x_hat = s * (q - z)

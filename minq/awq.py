@@ -22,8 +22,8 @@ Both errors are quadratic forms in ``dW = W_hat - W`` with ``H = X^T X`` (the ma
 single linears that way — the same numbers as multiplying out ``X W_hat^T``, several times cheaper,
 and with every calibration token instead of the reference clip search's 512 sampled ones.
 
-Faithful to the reference (mit-han-lab/llm-awq ``auto_scale.py``/``auto_clip.py``; the notes in
-gptq_awq.md §2): x-only scales (llm-awq's formula; AutoAWQ's default "duo" scaling also divides by a
+Faithful to the reference (mit-han-lab/llm-awq ``auto_scale.py``/``auto_clip.py``; checked in
+notebooks/07_awq.ipynb): x-only scales (llm-awq's formula; AutoAWQ's default "duo" scaling also divides by a
 weight statistic), the 20-point alpha grid without 1, the 10-point shrink grid, symmetric clipping
 even for asymmetric quantization, no clipping of q/k, trial weights ``Q(W s) / s``. minq's choice: the
 quantizer is chapter 03's ``quantize_groups`` (asymmetric integer zero point, range always includes 0,

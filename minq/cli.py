@@ -110,7 +110,7 @@ def _run(args) -> int:
             print(f"{mark} {name:26s} {registry.family_of(name):12s} {registry.get(name).description}")
         return 0
     if args.cmd == "fetch":
-        from minq import assets
+        from minq.models import assets
 
         names = list(assets.ASSETS) if args.model == "all" else [args.model]
         for name in names:

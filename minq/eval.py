@@ -7,7 +7,7 @@ Perplexity is the exponential of the mean negative log-likelihood of the text un
 
 A model that spreads its mass uniformly over V tokens has PPL = V; a model that always puts all its
 mass on the true next token has PPL = 1. Lower is better; the *relative* change against the float
-model is what the quantization chapters report (shared/reference/smollm2_quality.md is the anchor:
+model is what the quantization chapters report (the anchor is a reference measurement of
 SmolLM2-135M, first 16 x 512 tokens of Hamlet, PPL 41.948 with transformers as the runtime).
 
 Window protocol (``nll`` / ``perplexity``, the same as the reference measurement):

@@ -29,7 +29,7 @@ readably in NumPy (``gptq_quantize_reference``), as a Numba kernel parallel over
 Faithful to the reference code (IST-DASLab/gptq ``fasterquant``): dead inputs (``diag(H) == 0`` ->
 ``H_ii = 1``, ``W[:, i] = 0``), damping ``lambda = damp * mean(diag(H))`` added after act-order,
 dynamic group parameters computed when a group starts from the outer, error-updated ``W`` — which
-lacks the updates of the current block (the *stale* parameters of gptq_awq.md §5.3; ``group_params=
+lacks the updates of the current block (*stale* parameters, notebooks/06_gptq.ipynb section 5; ``group_params=
 "fresh"`` starts a new block at each group instead), static groups (``static_groups``: parameters
 of the original groups of ``W``, computed before any update), a ragged last group when ``group_size``
 does not divide ``in``. minq's choices: the quantizer is chapter 02's min-max ``choose_qparams`` /

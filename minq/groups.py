@@ -1,6 +1,6 @@
 """Chapter 03 — group quantization: one (s, z) per group of g weights along the input dimension.
 
-The granularity descriptor of all of minq (DESIGN.md §2) is ``group_size``:
+The granularity descriptor of all of minq (README.md, "Conventions") is ``group_size``:
 
     None or 0   per tensor    one (s, z) for the whole W [out, in]
     -1          per channel   one (s, z) per output row:            s [out, 1]

@@ -1,4 +1,4 @@
-"""The method registry: a scheme name maps to a quantizer (DESIGN.md §2).
+"""The method registry: a scheme name maps to a quantizer (``minq schemes`` lists the default ones).
 
     scheme = minq.registry.get("rtn-w4g64")
     Wq = scheme.quantize_weight(W)          # W float32 [out, in] -> a quantized weight

@@ -12,7 +12,7 @@ and record bits per weight of the quantized linears (scales and zero points incl
 and the wall time of quantizing and of evaluating. The first row is the unquantized model.
 
 Each row is printed as soon as it is measured and cached: one JSON file per (model file sha256,
-scheme, evaluation settings, minq version) in ``minq.assets.cache_dir() / "report"``, so an
+scheme, evaluation settings, minq version) in ``minq.models.assets.cache_dir() / "report"``, so an
 interrupted run resumes where it stopped and a repeated run is instant (``fresh=True`` recomputes).
 After every newly measured row the output set is rewritten (``minq.report_files``): report.md,
 report.png, report.html and report.json, committed together so that an interruption leaves either
@@ -126,8 +126,7 @@ class _Source:
     """Where the model comes from, what identifies it in the cache, and (loaded on demand) the model."""
 
     def __init__(self, model, model_id):
-        from minq import assets
-        from minq.models import _ENCODERS, MODELS
+        from minq.models import _ENCODERS, MODELS, assets
 
         self._model = self._path = self._cal = None
         if isinstance(model, (str, Path)):
@@ -155,7 +154,7 @@ class _Source:
     def hash_file(self) -> None:
         """The sha256 of a .gguf path (for the cache key)."""
         if self._path is not None and self.sha256 is None:
-            from minq import assets
+            from minq.models import assets
 
             self.sha256 = assets.sha256_file(self._path)
 
@@ -221,7 +220,7 @@ def _check_settings(source, window, max_tokens, quick) -> dict:
 class _Cache:
     def __init__(self, cache, model_sha256, settings):
         import minq
-        from minq import assets
+        from minq.models import assets
 
         self.folder = None if cache is False or model_sha256 is None else \
             Path(assets.cache_dir() / "report" if cache is None else cache)

@@ -51,8 +51,8 @@ import numpy as np
 from minq.calibration import calibrate, check_calibration
 from minq.folding import fold_scales
 from minq.observers import MinMaxObserver
-from minq.ptq import quantize_w8a8
 from minq.registry import Scheme, register_family
+from minq.w8a8 import quantize_w8a8
 
 __all__ = ["smooth_scales", "smooth", "quantize_smoothquant", "ALPHA"]
 

@@ -314,7 +314,8 @@ def check(fn, reference, strategy=None, *, atol: float = 0.0, rtol: float = 0.0,
 def llm_like_layer(seed: int = 0, n_tokens: int = 5120):
     """``W [1536, 576]`` and ``X [n_tokens, 576]`` float32: a ``Linear(576, 1536)`` with LLM-like inputs.
 
-    The recipe of the reference runs the chapters compare against (shared/reference/gptq_awq.md §5.1),
+    The recipe of the runs of the reference code (IST-DASLab/gptq, AutoAWQ) that the chapters compare
+    against (notebooks/06_gptq.ipynb section 3, notebooks/07_awq.ipynb section 5),
     drawn in its order from ``np.random.default_rng(seed)``: X mixes its channels (``Z (0.5 I + A)``),
     gives each channel its own scale (``exp(N(0, 1))``), and multiplies 6 channels by 20 (outliers).
     The reference used the first 4096 rows for calibration and the last 1024 as held-out data.

@@ -41,7 +41,7 @@ def _layer(seed, out=24, n_in=64, tokens=96, outliers=True):
     return W, X.astype(np.float32)
 
 
-# --- the reference's figures (gptq_awq.md §5.2, llm-like layer, g64, calibration error) -------------
+# --- the reference's figures (AutoAWQ's search run unmodified, llm-like layer, g64, calibration error) --
 
 @pytest.mark.parametrize("bits,clip,want", [(4, False, 0.00316), (4, True, 0.00287), (3, False, 0.01457),
                                             (3, True, 0.01225)])

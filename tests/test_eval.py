@@ -275,8 +275,7 @@ def test_smollm2_perplexity_matches_transformers():
     torch = pytest.importorskip("torch")  # dev dependencies: never actually skipped in CI
     from transformers import AutoModelForCausalLM
 
-    from minq import assets
-    from minq.models import load_model
+    from minq.models import assets, load_model
 
     path = assets.fetch("smollm2")
     model = load_model(path, progress=False)

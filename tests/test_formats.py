@@ -2,8 +2,8 @@
 
 Oracles: ``ml_dtypes`` casts (``x.astype(ml_dtype)``) and views (``codes.view(ml_dtype)``) for the
 small formats and bfloat16, numpy's float16 for float16, the identity for float32. NaN results
-are compared by NaN-ness, never by payload bits. The encode input set is the boundary-dense set of
-the reference note (§3.4): every representable value ±, every midpoint, one float32 ulp either
+are compared by NaN-ness, never by payload bits. The encode input set is boundary-dense
+(``boundary_set`` below): every representable value ±, every midpoint, one float32 ulp either
 side of both, the overflow tie and probes, all 65,536 bfloat16 patterns, specials, random bits and
 random values, and the float32 subnormals (exponent field 0) densely.
 Exact against ml_dtypes 0.7 (the dev extra pins the range; ml_dtypes 0.5/0.6 rounded float32
@@ -52,7 +52,7 @@ def bits_f32(*u):
 
 
 def boundary_set(name, seed=0):
-    """The §3.4 encode input set for one format (float32, deduplicated by bit pattern)."""
+    """The boundary-dense encode input set for one format (float32, deduplicated by bit pattern)."""
     fmt, rng = FORMATS[name], np.random.default_rng(seed)
     parts = []
     if fmt.total_bits <= 16:
@@ -188,7 +188,7 @@ def test_encode_saturating_matches_its_oracle(name):
 
 
 def test_encode_known_values():
-    """Hand-checked codes from the OCP OFP8 table and the reference note (§2-3)."""
+    """Hand-checked codes from the OCP OFP8 specification's format tables and rounding rules."""
     e4, e5 = FORMATS["float8_e4m3fn"], FORMATS["float8_e5m2"]
     assert list(e4.encode(f32(1.0, 448, 464, 464.01, -np.inf, 2**-10, 3 * 2**-10))) == \
         [0x38, 0x7E, 0x7E, 0x7F, 0xFF, 0x00, 0x02]

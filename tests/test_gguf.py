@@ -5,8 +5,8 @@ corrupt and foreign files rejected cleanly."""
 import numpy as np
 import pytest
 
-from minq import assets
 from minq.gguf import permute_qk, read_gguf, unpermute_qk
+from minq.models import assets
 from minq.testing import assert_equal
 
 

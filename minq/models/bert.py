@@ -1,9 +1,10 @@
 """A readable NumPy BERT encoder: sentences -> sentence embeddings, with pluggable weights.
 
-all-MiniLM-L6-v2 is minq's second real model and its *true* float32 one (DESIGN.md §3): a 6-layer
-BERT (Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers", 2019) of hidden size
-384 and 12 heads, distilled as in Wang et al., "MiniLM: Deep Self-Attention Distillation" (2020) and
-trained as a sentence encoder the Sentence-BERT way (Reimers & Gurevych, "Sentence-BERT", 2019).
+all-MiniLM-L6-v2 is minq's second real model and its *true* float32 one (SmolLM2's float32 weights
+are dequantized from a 4-bit GGUF file): a 6-layer BERT (Devlin et al., "BERT: Pre-training of Deep
+Bidirectional Transformers", 2019) of hidden size 384 and 12 heads, distilled as in Wang et al.,
+"MiniLM: Deep Self-Attention Distillation" (2020) and trained as a sentence encoder the Sentence-BERT
+way (Reimers & Gurevych, "Sentence-BERT", 2019).
 The quantization chapters use it to measure *embedding fidelity*: the cosine between the embedding of
 a sentence under quantized weights and under the original float32 ones.
 

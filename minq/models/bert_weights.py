@@ -25,7 +25,7 @@ LINEARS = ("attention.query", "attention.key", "attention.value", "attention.out
            "intermediate", "output")
 
 # The truncation length when no sentence_bert_config.json lies beside the weights (all-MiniLM-L6-v2's
-# own file, cached by minq.assets, says {"max_seq_length": 256}; it is read, this is only the fallback).
+# own file, cached by minq.models.assets, says {"max_seq_length": 256}; it is read, this is only the fallback).
 MAX_SEQ_LENGTH = 256
 
 # safetensors name of each linear in layer i (the bias is the same name with ".bias").
@@ -96,7 +96,7 @@ class BertWeights:
     @classmethod
     def from_safetensors(cls, path) -> BertWeights:
         """Load ``model.safetensors`` with ``config.json``, ``tokenizer.json`` and ``pooling_config.json``
-        beside it (the layout ``minq.assets.fetch("minilm")`` caches), as a float32 model.
+        beside it (the layout ``minq.models.assets.fetch("minilm")`` caches), as a float32 model.
 
         Raises FileNotFoundError for a missing file, ValueError for a checkpoint that is not a complete
         BERT or a pooling this encoder does not do (only mean pooling).

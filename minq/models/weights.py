@@ -1,7 +1,7 @@
 """Weights as the models hold them: the quantized-weight protocol, float32 weights, row-stacking.
 
-Every linear ``W [out, in]`` of a minq model is an object of the quantized-weight protocol (DESIGN.md
-§2): anything with ``dequantize() -> float32 [out, in]``, ``shape``, ``nbytes`` and
+Every linear ``W [out, in]`` of a minq model is an object of the quantized-weight protocol (README.md,
+"Conventions"): anything with ``dequantize() -> float32 [out, in]``, ``shape``, ``nbytes`` and
 ``bits_per_weight``. RTN, GPTQ and AWQ give grouped affine containers, the GGUF chapter ggml blocks;
 ``DenseWeight`` is the float32 one (32 bits per weight). A model dequantizes each weight once, when
 it is built (``_dense_of`` checks the protocol and the shape), and stacks the rows of the linears that

@@ -12,9 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from minq import assets
 from minq.groups import quantize_groups
-from minq.models import BertEncoder, DenseWeight, load_model
+from minq.models import BertEncoder, DenseWeight, assets, load_model
 from minq.models.bert import erf, gelu, l2_normalize, mean_pool
 from minq.testing import assert_close, assert_equal
 

