@@ -3,8 +3,8 @@
 GGUF (llama.cpp's file format) is a header of typed key/value metadata (``llama.block_count``,
 ``tokenizer.ggml.tokens``, ...) followed by tensors, each stored as F32/F16/BF16 or in ggml's block
 quantized types (Q8_0, Q4_0, Q4_1, the k-quants ...). ``read_gguf`` parses the file with the
-``gguf`` package (gguf-py) and dequantizes every tensor to float32 with ``gguf.quants.dequantize``
-(until chapter 08 replaces it with minq's own ``kquants``).
+``gguf`` package (gguf-py) and dequantizes every tensor to float32 with minq's own ``minq.kquants``
+(chapter 08; gguf-py's dequantizer only for the types minq does not implement yet, the i-quants).
 
 The Q/K row permutation. llama.cpp applies RoPE to *interleaved* pairs ``(x[2i], x[2i+1])`` of each
 head, while Hugging Face checkpoints rotate the *two halves* ``(x[i], x[i + d/2])``. The HF->GGUF
@@ -73,7 +73,7 @@ def read_gguf(path, *, progress: bool = True) -> GGUFFile:
     """Parse the GGUF file at ``path``: metadata and every tensor dequantized to float32.
 
     Raises FileNotFoundError (no such file), ValueError naming the file when it is not a valid GGUF
-    (bad magic, truncated, corrupt, a tensor type gguf-py cannot dequantize) or when its
+    (bad magic, truncated, corrupt, a tensor type neither minq nor gguf-py dequantizes) or when its
     ``general.architecture`` is not one of ``SUPPORTED_ARCHITECTURES``.
     """
     import gguf
@@ -100,12 +100,12 @@ def read_gguf(path, *, progress: bool = True) -> GGUFFile:
 
     tensors, types = {}, {}
     for t in tqdm(reader.tensors, desc=f"read {path.name}", disable=not progress, leave=False):
+        shape = [int(n) for n in reversed(t.shape)]          # ggml [in, out] -> NumPy [out, in]
         try:
-            W = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+            W = _to_float32(t.data, t.tensor_type.name, shape)
         except Exception as e:
             raise ValueError(f"{path}: cannot dequantize tensor {t.name!r} of type "
                              f"{t.tensor_type.name}: {type(e).__name__}: {e}") from e
-        W = W.reshape([int(n) for n in reversed(t.shape)])  # ggml [in, out] -> NumPy [out, in]
         if t.name.endswith("attn_q.weight"):
             W = unpermute_qk(W, n_head)
         elif t.name.endswith("attn_k.weight"):
@@ -113,3 +113,21 @@ def read_gguf(path, *, progress: bool = True) -> GGUFFile:
         tensors[t.name] = np.ascontiguousarray(W)
         types[t.name] = t.tensor_type.name
     return GGUFFile(path, metadata, tensors, types)
+
+
+def _to_float32(data, qtype: str, shape):
+    """A tensor's stored values as float32 ``shape``: plain floats converted, ggml's block types through
+    minq's own ``minq.kquants.dequantize``; gguf-py dequantizes only the types minq does not implement
+    yet (the i-quants), so that such files still load."""
+    import gguf
+
+    from minq import kquants
+
+    if qtype in ("F32", "F16"):
+        return np.asarray(data, np.float32).reshape(shape)
+    if qtype == "BF16":                                   # the top 16 bits of a float32
+        return (np.asarray(data).view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if qtype in kquants.TYPES:
+        return kquants.dequantize(np.asarray(data), qtype, shape)
+    return np.asarray(gguf.quants.dequantize(data, getattr(gguf.GGMLQuantizationType, qtype)),
+                      np.float32).reshape(shape)

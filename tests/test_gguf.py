@@ -74,6 +74,22 @@ def test_read_gguf_types(tmp_path, rng, qtype):
     assert_equal(g.tensors["blk.0.attn_k.weight"], unpermute_qk(want_k.astype(np.float32), 1))
 
 
+@pytest.mark.parametrize("qtype", ["Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0"])
+def test_read_gguf_ggml_types(tmp_path, rng, qtype):
+    """Every block type minq implements is read through minq.kquants: the values equal gguf-py's."""
+    import gguf
+
+    from minq import kquants
+
+    raw = kquants.quantize(rng.standard_normal((4, 512)).astype(np.float32), qtype)
+    path = tmp_path / "k.gguf"
+    _write_gguf(path, tensors=[("blk.0.ffn_down.weight", raw, gguf.GGMLQuantizationType[qtype])])
+    g = read_gguf(path, progress=False)
+    assert g.types["blk.0.ffn_down.weight"] == qtype
+    want = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(4, 512)
+    assert_equal(g.tensors["blk.0.ffn_down.weight"], want.astype(np.float32))
+
+
 def _blocks(qtype, rng, n_blocks):
     """Hand-built ggml blocks of 32 weights, raw bytes ``[n_blocks, bytes]``, and their values by the
     formula: Q8_0 ``d * q`` (q int8); Q4_0 ``d * (q - 8)``; Q4_1 ``d * q + m`` (q 4-bit: byte j holds
