@@ -68,8 +68,11 @@ def _inverse(d):
 
 
 def _signed_max(B):
-    i = np.argmax(np.abs(B), axis=1)                     # the first value of largest |x|
-    return B[np.arange(len(B)), i]
+    """The first value of largest |x| per block; +0.0 for a block of zeros (ggml starts from 0.0 and
+    keeps a value only when its |x| is strictly larger: a block of -0.0 still gives +0.0)."""
+    i = np.argmax(np.abs(B), axis=1)
+    mx = B[np.arange(len(B)), i]
+    return np.where(mx == 0, F32(0), mx)
 
 
 def _nibbles(q):
@@ -87,7 +90,8 @@ def _quantize_q45(B, qtype):
         v = B * _inverse(d)[:, None] + F32((1 << (bits - 1)) + 0.5)
         q = np.minimum(top, v.astype(np.int32))                           # trunc, then clamp
     else:
-        mn, mx = B.min(axis=1), B.max(axis=1)
+        rows = np.arange(len(B))                                            # first minimum / maximum, as
+        mn, mx = B[rows, np.argmin(B, axis=1)], B[rows, np.argmax(B, axis=1)]   # C's strict < / > loop
         d = (mx - mn) / F32(top)
         v = (B - mn[:, None]) * _inverse(d)[:, None] + F32(0.5)
         q = v.astype(np.int32)

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minq.kquants import TYPES, GGMLWeight, dequantize, quantize, row_bytes
+from minq.kquants import (TYPES, GGMLWeight, dequantize, dequantize_reference, quantize, quantize_reference,
+                          row_bytes)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "kquants" / "golden.npz"
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")     # gguf-py quantizes these exactly
@@ -77,6 +78,10 @@ rows_of_blocks = st.integers(1, 3).flatmap(lambda r: st.integers(1, 2).flatmap(l
 @pytest.mark.parametrize("qtype", LEGACY)
 @given(x=rows_of_blocks)
 def test_legacy_bytes_equal_gguf_py(qtype, x):
+    """gguf-py follows ggml except where ggml's own result is undefined or gguf-py slips: a block whose
+    1 / d overflows (amax ~1e-38 and below: C converts inf to an integer) and a block of -0.0 (ggml
+    starts its max at +0.0; gguf-py takes the -0.0). Those are left out here; test_zeros_... pins -0.0."""
+    x = np.where(np.abs(x) < 1e-30, np.float32(0), x) + np.float32(0)          # no tiny values, no -0.0
     assert np.array_equal(quantize(x, qtype), gguf.quants.quantize(x, getattr(GT, qtype)))
 
 
@@ -102,6 +107,24 @@ def test_dequantize_of_arbitrary_bytes_equals_gguf_py(qtype):
     shape = (4, 16 * t.block)
     want = gguf.quants.dequantize(data, getattr(GT, qtype)).reshape(shape)
     assert np.array_equal(dequantize(data, qtype, shape).view(np.uint32), want.view(np.uint32))
+
+
+# --- the Numba kernels equal the readable NumPy code ----------------------------------------------
+
+@pytest.mark.parametrize("qtype", ALL)
+@given(x=rows_of_blocks, scale=st.sampled_from([1e-6, 1.0, 30.0]))
+def test_kernels_equal_reference(qtype, x, scale):
+    x = x * np.float32(scale)
+    data = quantize_reference(x, qtype)
+    assert np.array_equal(quantize(x, qtype), data)
+    assert np.array_equal(dequantize(data, qtype, x.shape).view(np.uint32),
+                          dequantize_reference(data, qtype, x.shape).view(np.uint32))
+
+
+@pytest.mark.parametrize("dataset, qtype", _golden_cases())
+def test_reference_bytes_equal_llama_cpp(dataset, qtype):
+    g = np.load(GOLDEN)
+    assert np.array_equal(quantize_reference(g[f"x_{dataset}"], qtype), g[f"q_{dataset}_{qtype}"])
 
 
 # --- error bounds ---------------------------------------------------------------------------------
@@ -137,6 +160,11 @@ def test_more_bits_less_error(order):
 
 
 def test_zeros_and_constants():
+    # ggml: max starts at +0.0 and only a strictly larger |x| replaces it, so d = +0.0 / -8 = -0.0 (0x8000),
+    # for a block of +0.0 and of -0.0 alike; Q4_1's min is the first of equal minima (-0.0 here)
+    for z in (0.0, -0.0):
+        assert quantize(np.full((1, 32), z, np.float32), "Q4_0")[0, :2].tolist() == [0x00, 0x80]
+        assert quantize_reference(np.full((1, 32), z, np.float32), "Q4_0")[0, :2].tolist() == [0x00, 0x80]
     for qtype in ALL:
         z = np.zeros((2, 256), np.float32)
         assert np.array_equal(dequantize(quantize(z, qtype), qtype, z.shape), z)
@@ -211,3 +239,37 @@ def test_dequantize_bad_input():
         dequantize(data, "Q4_K", (4, 128))
     with pytest.raises(ValueError, match=r"\bqtype\b"):
         dequantize(data, "IQ9_Z", (2, 256))
+
+
+def test_dequantize_rejects_corrupt_scales():
+    data = quantize(np.ones((2, 256), np.float32), "Q4_K")
+    data.reshape(-1, 144)[1, 0:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+    with pytest.raises(ValueError, match=r"\bdata\b: block 1 .*NaN or Inf scale d"):
+        dequantize(data, "Q4_K", (2, 256))
+    q8 = quantize(np.ones((1, 32), np.float32), "Q8_0")
+    q8[0, 0:2] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
+    with pytest.raises(ValueError, match=r"\bdata\b"):
+        dequantize_reference(q8, "Q8_0", (1, 32))
+
+
+def test_more_bad_inputs():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        quantize(torch.ones(2, 256, dtype=torch.int32), "Q4_K")
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        quantize(torch.ones(2, 256, dtype=torch.complex64), "Q4_K")
+    w = GGMLWeight.quantize(torch.ones(2, 256), "Q4_K")
+    assert w.nbytes == 288 and w.bits_per_weight == 4.5
+    with pytest.raises(ValueError, match=r"\bW\b"):
+        GGMLWeight.quantize(np.ones(256, np.float32), "Q4_K")
+    with pytest.raises(ValueError, match=r"\bqtype\b"):
+        GGMLWeight(np.zeros((2, 144), np.uint8), "bogus", (2, 256))
+    with pytest.raises(ValueError, match=r"\bdata\b"):
+        GGMLWeight(np.zeros((2, 143), np.uint8), "Q4_K", (2, 256))
+    with pytest.raises(ValueError, match=r"\bn\b"):
+        row_bytes("Q4_K", 0)
+    with pytest.raises(TypeError, match=r"\bn\b"):
+        row_bytes("Q4_K", 256.0)
+    data = quantize(np.ones((2, 256), np.float32), "Q4_K")
+    with pytest.raises(ValueError, match=r"\bshape\b"):
+        dequantize(data, "Q4_K", (True, 512))
