@@ -7,6 +7,7 @@ Chapters (module: concept):
     minq.ptq, minq.w8a8, minq.smoothquant  04 post-training quantization (minq.observers, minq.calibration)
     minq.gptq, minq.gptq_model          06 GPTQ
     minq.awq, minq.awq_model            07 AWQ (minq.folding: scales folded into the model)
+    minq.kquants, minq.kquants_mix      08 llama.cpp's block types and mixes (minq.gguf: reading GGUF)
     minq.CHAPTERS  the table of chapters (number, title, modules, notebook)
     minq.registry  scheme names -> quantizers (rtn-w4g64, ...)
     minq.report    the main job (``minq report``)

@@ -5,6 +5,7 @@
     minq report [--model NAME|PATH] [--all | --schemes a,b] [--max-tokens N] [--out DIR] [--fresh]
                                                             the main job (default: the quick run)
     minq schemes                                            list the default schemes
+    minq quantize MODEL.gguf --type Q4_K_M -o OUT.gguf      requantize a GGUF to a llama.cpp mix (chapter 08)
 
 Errors of the user's making (ValueError, TypeError, FileNotFoundError, RuntimeError; file-system
 errors, OSError) print ``minq: error: ...`` and exit with status 2; Ctrl-C exits with 130.
@@ -42,6 +43,11 @@ def main(argv=None) -> int:
     r.add_argument("--out", default="minq-report", help="output folder (default: minq-report)")
     r.add_argument("--fresh", action="store_true", help="measure every row again instead of using the cache")
     sub.add_parser("schemes", help="list the default schemes (* : in the quick run)")
+    q = sub.add_parser("quantize", help="requantize a Llama GGUF file to a llama.cpp mix (Q4_K_M, Q8_0, ...)",
+                       description="Streams tensor by tensor (memory-mapped input): peak memory is about one tensor.")
+    q.add_argument("model", help="the input .gguf file")
+    q.add_argument("--type", required=True, help="Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1")
+    q.add_argument("-o", "--out", required=True, help="the output .gguf file (never the input)")
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -118,7 +124,23 @@ def _run(args) -> int:
         return 0
     if args.cmd == "eval":
         return _eval(args)
+    if args.cmd == "quantize":
+        return _quantize(args)
     return _report(args)
+
+
+def _quantize(args) -> int:
+    from collections import Counter
+
+    from minq.gguf_write import quantize_gguf
+
+    t0 = time.perf_counter()
+    plan = quantize_gguf(args.model, args.out, args.type)
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(Counter(plan.values()).items(), key=lambda kv: -kv[1]))
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out}: {len(plan)} tensors ({counts}), {size / 2**20:.1f} MiB "
+          f"(input {Path(args.model).stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

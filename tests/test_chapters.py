@@ -65,7 +65,7 @@ def test_chapter_lookup():
 def test_registry_families_and_quick_defaults():
     quick = registry.default_schemes(quick=True)
     assert quick[:2] == ["rtn-w8", "rtn-w4g64"] and set(quick) <= set(registry.default_schemes())
-    assert {registry.family_of(n) for n in quick} == {"rtn", "w8a8", "llmint8", "smoothquant", "gptq", "awq"}
+    assert {registry.family_of(n) for n in quick} == {"rtn", "w8a8", "llmint8", "smoothquant", "gptq", "awq", "gguf"}
     with pytest.raises(ValueError, match="unknown scheme 'nope'"):
         registry.family_of("nope")
 

@@ -17,8 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minq.kquants import (TYPES, GGMLWeight, dequantize, dequantize_reference, quantize, quantize_reference,
-                          row_bytes)
+from minq.kquants import (
+    TYPES,
+    GGMLWeight,
+    dequantize,
+    dequantize_reference,
+    quantize,
+    quantize_reference,
+    row_bytes,
+)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "kquants" / "golden.npz"
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")     # gguf-py quantizes these exactly
