@@ -28,18 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_kernels import best_time  # the script's own folder, benchmarks/
 
 from minq.kquants import TYPES, dequantize, quantize
-
-
-def best_time(fn, repeat):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def c_quantizer(lib, qtype):

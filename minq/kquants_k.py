@@ -132,6 +132,11 @@ def _max_positive(v):
     return np.maximum(v.max(axis=1), F32(0))
 
 
+def _signed_largest(s):
+    """Per row of ``s [nb, nsub]``: the sub-block scale of largest |s|, sign kept (the first on ties)."""
+    return s[np.arange(len(s)), np.argmax(np.abs(s), axis=1)]
+
+
 def _quantize_q2_k(B):
     nb = len(B)
     S = B.reshape(nb * 16, 16)
@@ -156,8 +161,7 @@ def _quantize_q3_k(B):
     nb = len(B)
     s, L = make_q3_quants(B.reshape(nb * 16, 16), 4)
     s, L = s.reshape(nb, 16), L.reshape(nb, 16, 16)
-    i = np.argmax(np.abs(s), axis=1)
-    max_s = np.where(np.abs(s).max(axis=1) > 0, s[np.arange(nb), i], F32(0))  # the signed largest |scale|
+    max_s = _signed_largest(s)
     y = np.zeros(nb, LAYOUTS["Q3_K"])
     has = max_s != 0
     with np.errstate(divide="ignore"):
@@ -211,8 +215,7 @@ def _quantize_q6_k(B):
     nb = len(B)
     s, L = make_qx_quants(B.reshape(nb * 16, 16), 32)
     s, L = s.reshape(nb, 16), L.reshape(nb, 16, 16)
-    i = np.argmax(np.abs(s), axis=1)
-    max_s = s[np.arange(nb), i]
+    max_s = _signed_largest(s)
     zero = np.abs(max_s) < GROUP_MAX_EPS
     iscale = (F32(-128) / np.where(zero, F32(1), max_s)).astype(F32)
     y = np.zeros(nb, LAYOUTS["Q6_K"])

@@ -103,22 +103,34 @@ def _signed_max(x):
 
 
 @njit
-def _qx(x, nmax, L):
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)``: scale; codes ``L`` in 0..2 nmax - 1."""
+def _first_round(x, nmax, L, shift):
+    """The start both symmetric searches share: round at ``iscale = -nmax / max`` (``max`` the signed
+    largest |x|), codes ``l + shift`` into ``L``, and the weighted sums with w = x^2. Returns
+    ``(max, sumlx, suml2)``; ``max == 0`` for an all-zero sub-block (|x| < 1e-15), whose codes are 0."""
     n = x.shape[0]
     mx, amax = _signed_max(x)
     if amax < _EPS:
         for i in range(n):
             L[i] = 0
-        return F32(0)
+        return F32(0), F32(0), F32(0)
     iscale = F32(-nmax) / mx
     sumlx, suml2 = F32(0), F32(0)
     for i in range(n):
         l = max(-nmax, min(nmax - 1, _nearest_int(iscale * x[i])))
-        L[i] = l + nmax
+        L[i] = l + shift
         w = x[i] * x[i]
         sumlx += w * x[i] * F32(l)
         suml2 += w * F32(l) * F32(l)
+    return mx, sumlx, suml2
+
+
+@njit
+def _qx(x, nmax, L):
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)``: scale; codes ``L`` in 0..2 nmax - 1."""
+    n = x.shape[0]
+    mx, sumlx, suml2 = _first_round(x, nmax, L, nmax)
+    if mx == 0:
+        return F32(0)
     scale = sumlx / suml2 if suml2 != 0 else F32(0)
     best = scale * sumlx
     for step in range(-9, 10):
@@ -143,19 +155,9 @@ def _qx(x, nmax, L):
 def _q3(x, nmax, L):
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)``: scale; codes ``L`` in 0..2 nmax - 1."""
     n = x.shape[0]
-    mx, amax = _signed_max(x)
-    if amax < _EPS:
-        for i in range(n):
-            L[i] = 0
+    mx, sumlx, suml2 = _first_round(x, nmax, L, 0)
+    if mx == 0:
         return F32(0)
-    iscale = F32(-nmax) / mx
-    sumlx, suml2 = F32(0), F32(0)
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, _nearest_int(iscale * x[i])))
-        L[i] = l
-        w = x[i] * x[i]
-        sumlx += w * x[i] * F32(l)
-        suml2 += w * F32(l) * F32(l)
     for _ in range(5):
         changed = 0
         for i in range(n):
