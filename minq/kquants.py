@@ -22,8 +22,9 @@ as a quantized weight of the model protocol (``dequantize()``, ``shape``, ``nbyt
 ``bits_per_weight``). ``quantize`` and ``dequantize`` run the Numba kernels of
 ``minq.kquants_kernels`` and ``minq.kquants_kernels_k`` (the ternary types are quantized by the NumPy
 code itself); ``quantize_reference`` / ``dequantize_reference`` run the readable NumPy code, with the
-same bytes and values (tests/test_kquants.py). Torch tensors are accepted (the bytes are computed on
-the CPU and returned on the tensor's device). Notebook: ``notebooks/08_kquants.ipynb``.
+same bytes and values (tests/test_kquants.py). Torch tensors are accepted: ``dequantize`` runs on the
+tensor's device (``minq.kquants_torch``), ``quantize`` computes the bytes on the CPU and returns them on
+the tensor's device. Notebook: ``notebooks/08_kquants.ipynb``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minq import kquants_k, kquants_kernels, kquants_kernels_k, kquants_legacy
+from minq import kquants_k, kquants_kernels, kquants_kernels_k, kquants_legacy, kquants_torch
 from minq._backend import is_torch
 from minq._checks import check_float_array, check_int, is_int
 
@@ -130,8 +131,8 @@ def _quantize(x, qtype, *, reference: bool):
 def dequantize(data, qtype, shape):
     """uint8 block bytes -> float32 array of ``shape`` (its last axis runs along the blocks).
 
-    ``data`` may be a NumPy uint8 array of any shape, ``bytes``, or a torch uint8 tensor (the result is
-    then a torch tensor on its device). Values equal llama.cpp's ``dequantize_row_*`` and gguf-py's bit
+    ``data`` may be a NumPy uint8 array of any shape, ``bytes``, or a torch uint8 tensor (then the
+    values are computed by ``minq.kquants_torch`` on the tensor's device, CPU or CUDA). Values equal llama.cpp's ``dequantize_row_*`` and gguf-py's bit
     for bit. Raises ValueError naming ``shape`` (last axis not a multiple of the block, not positive
     integers) or ``data`` (not uint8, or not exactly the bytes ``shape`` needs: truncated or too long)."""
     return _dequantize(data, qtype, shape, reference=False)
@@ -139,20 +140,33 @@ def dequantize(data, qtype, shape):
 
 def _dequantize(data, qtype, shape, *, reference: bool):
     t = _qtype(qtype)
-    device = None
-    if is_torch(data):
-        device, data = data.device, data.detach().to("cpu").numpy()
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    torch_data = is_torch(data)
+    if torch_data:
+        import torch
+
+        if data.dtype != torch.uint8:
+            raise TypeError(f"data must be uint8 block bytes, got {data.dtype}")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, np.uint8)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+    if not torch_data and (not isinstance(data, np.ndarray) or data.dtype != np.uint8):
         raise TypeError(f"data must be uint8 block bytes, got {getattr(data, 'dtype', type(data).__name__)}")
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if not shape or not all(is_int(s) and s > 0 for s in shape):
         raise ValueError(f"shape must be positive integers, got {shape!r}")
     need = row_bytes(t.name, shape[-1]) * int(np.prod(shape[:-1], dtype=np.int64))
-    if data.size != need:
-        raise ValueError(f"data holds {data.size} bytes, but {t.name} of shape {shape} takes {need} "
+    size = int(data.numel()) if torch_data else data.size
+    if size != need:
+        raise ValueError(f"data holds {size} bytes, but {t.name} of shape {shape} takes {need} "
                          f"(truncated or not {t.name}?)")
+    if torch_data and not reference:                 # torch: on the tensor's device, no copy to the CPU
+        raw = data.reshape(-1, t.nbytes)
+        for f in ("d", "dmin", "m"):
+            if f in t.layout.names and not bool(torch.isfinite(kquants_torch._f16(raw, t.name, f)).all()):
+                raise ValueError(f"data: a block of {t.name} has a NaN or Inf scale {f} (corrupt bytes?)")
+        return kquants_torch.dequantize_blocks_torch(raw, t.name).reshape(shape)
+    device = None
+    if torch_data:
+        device, data = data.device, data.detach().to("cpu").numpy()
     raw = np.ascontiguousarray(data).reshape(-1, t.nbytes)                     # [n_blocks, nbytes]
     y = raw.reshape(-1).view(t.layout)
     for f in ("d", "dmin", "m"):

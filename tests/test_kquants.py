@@ -183,6 +183,24 @@ def test_zeros_and_constants():
 # --- the torch path and the weight protocol ------------------------------------------------------
 
 @pytest.mark.torch
+@pytest.mark.parametrize("qtype", ALL)
+def test_torch_dequantize_equals_numpy(qtype, device):
+    """minq.kquants_torch on the tensor's device: golden inputs and arbitrary bytes, bit for bit."""
+    torch = pytest.importorskip("torch")
+    g = np.load(GOLDEN)
+    for dataset in ("gauss", "edge", "smollm2"):
+        x = g[f"x_{dataset}"]
+        data = quantize(x, qtype)
+        got = dequantize(torch.from_numpy(data).to(device), qtype, x.shape)
+        assert got.device.type == device and got.dtype == torch.float32
+        assert np.array_equal(got.cpu().numpy().view(np.uint32), dequantize(data, qtype, x.shape).view(np.uint32))
+    with pytest.raises(TypeError, match=r"\bdata\b"):
+        dequantize(torch.zeros(4, dtype=torch.int16), qtype, (1, TYPES[qtype].block))
+    with pytest.raises(ValueError, match=r"\bdata\b"):
+        dequantize(torch.zeros(3, dtype=torch.uint8), qtype, (1, TYPES[qtype].block))
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("qtype", ("Q4_0", "Q4_K", "Q6_K", "TQ2_0"))
 def test_torch_tensors(qtype):
     torch = pytest.importorskip("torch")
