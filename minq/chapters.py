@@ -29,7 +29,7 @@ class Chapter:
 
 
 CHAPTERS: tuple[Chapter, ...] = (
-    Chapter(1, "float formats", ("minq/formats.py",), "notebooks/01_float_formats.ipynb"),
+    Chapter(1, "float formats", ("minq/formats.py", "minq/formats_kernels.py"), "notebooks/01_float_formats.ipynb"),
     Chapter(2, "scale and zero point", ("minq/affine.py",), "notebooks/02_scale_zero_point.ipynb"),
     Chapter(3, "group quantization", ("minq/groups.py", "minq/packing.py"),
             "notebooks/03_group_quantization.ipynb", methods=("minq.registry",)),
