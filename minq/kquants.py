@@ -96,7 +96,12 @@ def quantize(x, qtype):
     ``x`` is rounded to float32 first (llama.cpp quantizes float32). Raises TypeError / ValueError
     naming ``x`` (not a float array, empty, NaN/Inf, more than 2-D, ``n`` not a multiple of the
     block) or ``qtype`` (unknown), and ValueError naming ``x`` when its values are too large for the
-    type's fp16 scales (more than about 65504 times the type's largest code)."""
+    type's fp16 scales (more than about 65504 times the type's largest code).
+
+    Error (tests/test_kquants.py): per block of 32, Q4_0 / Q5_0 keep ``|x - x_hat| <= d + s |d - fp16(d)|``
+    with ``d = amax / s``, s = 8 / 16 (half a step from rounding, half from the clamp of the value
+    opposite the extreme), Q8_0 ``<= d / 2 + 127 |d - fp16(d)|`` (s = 127); every type reproduces the
+    error figures of llama.cpp's test-quantize-fns to 6 digits, and more bits never give more error."""
     return _quantize(x, qtype, reference=False)
 
 
@@ -160,19 +165,14 @@ def _dequantize(data, qtype, shape, *, reference: bool):
                          f"(truncated or not {t.name}?)")
     if torch_data and not reference:                 # torch: on the tensor's device, no copy to the CPU
         raw = data.reshape(-1, t.nbytes)
-        for f in ("d", "dmin", "m"):
-            if f in t.layout.names and not bool(torch.isfinite(kquants_torch._f16(raw, t.name, f)).all()):
-                raise ValueError(f"data: a block of {t.name} has a NaN or Inf scale {f} (corrupt bytes?)")
+        _check_scales(t, lambda f: torch.isfinite(kquants_torch._f16(raw, t.name, f)).cpu().numpy())
         return kquants_torch.dequantize_blocks_torch(raw, t.name).reshape(shape)
     device = None
     if torch_data:
         device, data = data.device, data.detach().to("cpu").numpy()
     raw = np.ascontiguousarray(data).reshape(-1, t.nbytes)                     # [n_blocks, nbytes]
     y = raw.reshape(-1).view(t.layout)
-    for f in ("d", "dmin", "m"):
-        if f in t.layout.names and not np.isfinite(y[f]).all():
-            bad = int(np.argmin(np.isfinite(y[f])))
-            raise ValueError(f"data: block {bad} of {t.name} has a NaN or Inf scale {f} (corrupt bytes?)")
+    _check_scales(t, lambda f: np.isfinite(y[f]))
     if reference:
         out = _MODULE[t.name].dequantize_blocks(y, t.name).reshape(shape)
     else:
@@ -182,6 +182,17 @@ def _dequantize(data, qtype, shape, *, reference: bool):
 
         return torch.from_numpy(np.ascontiguousarray(out)).to(device)
     return out
+
+
+def _check_scales(t: QType, finite) -> None:
+    """ValueError naming ``data`` when a block's fp16 scale (``d``, ``dmin``, ``m``) is NaN or Inf;
+    ``finite(field)`` gives the per-block finiteness of a field as a NumPy bool array."""
+    for f in ("d", "dmin", "m"):
+        if f in t.layout.names:
+            ok = np.asarray(finite(f)).reshape(-1)
+            if not ok.all():
+                raise ValueError(f"data: block {int(np.argmin(ok))} of {t.name} has a NaN or Inf scale {f} "
+                                 f"(corrupt bytes?)")
 
 
 def quantize_reference(x, qtype):

@@ -43,7 +43,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from minq.kquants_search import GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int
+from minq.kquants_search import (
+    GROUP_MAX_EPS,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qx_quants,
+    nearest_int,
+    signed_max,
+)
 
 __all__ = ["LAYOUTS", "BLOCK", "quantize_blocks", "dequantize_blocks"]
 
@@ -132,11 +139,6 @@ def _max_positive(v):
     return np.maximum(v.max(axis=1), F32(0))
 
 
-def _signed_largest(s):
-    """Per row of ``s [nb, nsub]``: the sub-block scale of largest |s|, sign kept (the first on ties)."""
-    return s[np.arange(len(s)), np.argmax(np.abs(s), axis=1)]
-
-
 def _quantize_q2_k(B):
     nb = len(B)
     S = B.reshape(nb * 16, 16)
@@ -161,7 +163,7 @@ def _quantize_q3_k(B):
     nb = len(B)
     s, L = make_q3_quants(B.reshape(nb * 16, 16), 4)
     s, L = s.reshape(nb, 16), L.reshape(nb, 16, 16)
-    max_s = _signed_largest(s)
+    max_s = signed_max(s)[0]
     y = np.zeros(nb, LAYOUTS["Q3_K"])
     has = max_s != 0
     with np.errstate(divide="ignore"):
@@ -215,7 +217,7 @@ def _quantize_q6_k(B):
     nb = len(B)
     s, L = make_qx_quants(B.reshape(nb * 16, 16), 32)
     s, L = s.reshape(nb, 16), L.reshape(nb, 16, 16)
-    max_s = _signed_largest(s)
+    max_s = signed_max(s)[0]
     zero = np.abs(max_s) < GROUP_MAX_EPS
     iscale = (F32(-128) / np.where(zero, F32(1), max_s)).astype(F32)
     y = np.zeros(nb, LAYOUTS["Q6_K"])

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minq.kquants_search import roundf
+from minq.kquants_search import roundf, signed_max
 
 __all__ = ["LAYOUTS", "BLOCK", "quantize_blocks", "dequantize_blocks"]
 
@@ -67,14 +67,6 @@ def _inverse(d):
         return np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
 
 
-def _signed_max(B):
-    """The first value of largest |x| per block; +0.0 for a block of zeros (ggml starts from 0.0 and
-    keeps a value only when its |x| is strictly larger: a block of -0.0 still gives +0.0)."""
-    i = np.argmax(np.abs(B), axis=1)
-    mx = B[np.arange(len(B)), i]
-    return np.where(mx == 0, F32(0), mx)
-
-
 def _nibbles(q):
     """``q [nb, 32]`` codes -> ``qs [nb, 16]``: element j in the low nibble, element j + 16 in the high."""
     return ((q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)).astype(np.uint8)
@@ -86,7 +78,7 @@ def _quantize_q45(B, qtype):
     top = (1 << bits) - 1
     y = np.zeros(len(B), LAYOUTS[qtype])
     if qtype.endswith("_0"):
-        d = _signed_max(B) / F32(-(1 << (bits - 1)))                      # [nb]
+        d = signed_max(B)[0] / F32(-(1 << (bits - 1)))                      # [nb]
         v = B * _inverse(d)[:, None] + F32((1 << (bits - 1)) + 0.5)
         q = np.minimum(top, v.astype(np.int32))                           # trunc, then clamp
     else:

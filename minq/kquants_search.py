@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["nearest_int", "roundf", "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "GROUP_MAX_EPS"]
+__all__ = ["nearest_int", "roundf", "signed_max", "make_qx_quants", "make_q3_quants", "make_qkx2_quants",
+           "GROUP_MAX_EPS"]
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)      # a sub-block with max |x| below this is all zero
@@ -61,11 +62,13 @@ def _seq_sum(terms):
     return acc
 
 
-def _signed_max(X):
-    """Per row of ``X [N, n]``: the value with the largest |x| (the first one on ties), and that |x|."""
+def signed_max(X):
+    """Per row of ``X [N, n]``: ``(max, amax)``, the value with the largest |x| (the first one on ties,
+    sign kept) and that |x|. As ggml's loops, which start from 0.0 and keep a value only when its |x|
+    is strictly larger: a row of zeros (-0.0 included) gives +0.0."""
     i = np.argmax(np.abs(X), axis=1)
     mx = X[np.arange(len(X)), i]
-    return mx, np.abs(mx)
+    return np.where(mx == 0, F32(0), mx).astype(F32), np.abs(mx)
 
 
 def make_qx_quants(X, nmax: int):
@@ -75,7 +78,7 @@ def make_qx_quants(X, nmax: int):
     Start at ``iscale = -nmax / max`` (``max`` the signed extreme value, so it lands on ``-nmax``); try
     ``iscale = -(nmax + 0.1 is) / max`` for is = -9..9; keep a candidate when its least-squares fit
     ``(sum w x l)^2 / sum w l^2`` is larger (the error ``sum w x^2 - fit`` smaller)."""
-    mx, amax = _signed_max(X)
+    mx, amax = signed_max(X)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1), mx)
     Xt = np.ascontiguousarray(X.T)                                        # [n, N]: row i = element i
@@ -110,7 +113,7 @@ def make_q3_quants(X, nmax: int):
     Round at ``iscale = -nmax / max``, then sweep i = 0..n-1 up to 5 times: take element i out of the
     sums, re-round it at the scale the others imply, keep it if the fit improves; a row stops at the
     first sweep that changes nothing."""
-    mx, amax = _signed_max(X)
+    mx, amax = signed_max(X)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1), mx)
     Xt = np.ascontiguousarray(X.T)                                        # [n, N]
