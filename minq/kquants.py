@@ -20,8 +20,8 @@ Shapes follow NumPy (a matrix ``[out, in]``, blocks run along ``in``); ggml writ
 with its dimensions listed the other way round (``ne = [in, out]``). ``GGMLWeight`` wraps the bytes
 as a quantized weight of the model protocol (``dequantize()``, ``shape``, ``nbytes``,
 ``bits_per_weight``). ``quantize`` and ``dequantize`` run the Numba kernels of
-``minq.kquants_kernels`` and ``minq.kquants_kernels_k`` (the ternary types are quantized by the NumPy
-code itself); ``quantize_reference`` / ``dequantize_reference`` run the readable NumPy code, with the
+``minq.kquants_kernels`` (dequantize), ``minq.kquants_kernels_legacy`` and ``minq.kquants_kernels_k``
+(quantize); ``quantize_reference`` / ``dequantize_reference`` run the readable NumPy code, with the
 same bytes and values (tests/test_kquants.py). Torch tensors are accepted: ``dequantize`` runs on the
 tensor's device (``minq.kquants_torch``), ``quantize`` computes the bytes on the CPU and returns them on
 the tensor's device. Notebook: ``notebooks/08_kquants.ipynb``.
@@ -33,7 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minq import kquants_k, kquants_kernels, kquants_kernels_k, kquants_legacy, kquants_torch
+from minq import (
+    kquants_k,
+    kquants_kernels,
+    kquants_kernels_k,
+    kquants_kernels_legacy,
+    kquants_legacy,
+    kquants_torch,
+)
 from minq._backend import is_torch
 from minq._checks import check_float_array, check_int, is_int
 
@@ -68,7 +75,7 @@ def _table() -> dict:
 
 TYPES: dict = _table()      # {"Q4_0": QType(...), ..., "Q6_K": ..., "TQ2_0": ...}
 _MODULE = {name: kquants_legacy if name in kquants_legacy.LAYOUTS else kquants_k for name in TYPES}
-_KERNEL = {**dict.fromkeys(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"), kquants_kernels.quantize_legacy_kernel),
+_KERNEL = {**dict.fromkeys(kquants_legacy.LAYOUTS, kquants_kernels_legacy.quantize_legacy_kernel),
            **dict.fromkeys(kquants_k.LAYOUTS, kquants_kernels_k.quantize_k_kernel)}     # Numba quantizers
 
 
@@ -172,7 +179,7 @@ def _dequantize(data, qtype, shape, *, reference: bool):
         device, data = data.device, data.detach().to("cpu").numpy()
     raw = np.ascontiguousarray(data).reshape(-1, t.nbytes)                     # [n_blocks, nbytes]
     y = raw.reshape(-1).view(t.layout)
-    _check_scales(t, lambda f: np.isfinite(y[f]))
+    _check_scales(t, lambda f: y[f].view(np.uint16) & 0x7C00 != 0x7C00)    # exponent all ones: Inf / NaN
     if reference:
         out = _MODULE[t.name].dequantize_blocks(y, t.name).reshape(shape)
     else:
@@ -197,7 +204,7 @@ def _check_scales(t: QType, finite) -> None:
 
 def quantize_reference(x, qtype):
     """``quantize`` through the readable NumPy code of ``minq.kquants_legacy`` / ``minq.kquants_k`` (the
-    same bytes; ``quantize`` runs the Numba kernels of ``minq.kquants_kernels`` where they exist)."""
+    same bytes; ``quantize`` runs the Numba kernels of ``minq.kquants_kernels_legacy`` / ``_k``)."""
     return _quantize(x, qtype, reference=True)
 
 

@@ -105,14 +105,19 @@ def _quantize_q8_0(B):
 
 
 def _trits(B):
-    """``(d [nb], t [nb, 256] in {0, 1, 2})`` of ternary blocks: d = amax, t = lroundf(x / d) + 1."""
+    """``(d [nb], t [nb, 256] in {0, 1, 2})`` of ternary blocks: d = amax, t = lroundf(x / d) + 1.
+
+    A block whose amax is below ~3e-39 has ``1 / d = inf``: C then converts inf or NaN to an integer
+    (undefined behaviour; on x86-64 ``lroundf`` gives LONG_MIN, so ``t = 1``, a zero). minq does as
+    llama.cpp does on x86-64: the integer conversion of NumPy gives the same INT64_MIN there."""
     d = np.abs(B).max(axis=1)
-    return d, (roundf(B * _inverse(d)[:, None]) + 1).astype(np.uint16)
+    r = roundf(B * _inverse(d)[:, None])                                # inf / NaN in such a block
+    return d, ((r.astype(np.int64) + 1) & 0xFF).astype(np.uint16)      # C keeps the low bits
 
 
 def _base3(t):
-    """Trits ``[..., 5]`` -> one byte each: ceil(v * 256 / 243), v = sum t_n 3^(4-n)."""
-    v = (t * _POW3).sum(axis=-1, dtype=np.uint16)
+    """Trits ``[..., 5]`` -> one byte each: ceil(v * 256 / 243), v = sum t_n 3^(4-n) in C's uint8."""
+    v = (t * _POW3).sum(axis=-1, dtype=np.uint16) & 0xFF
     return ((v * 256 + 242) // 243).astype(np.uint8)
 
 

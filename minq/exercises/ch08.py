@@ -35,7 +35,7 @@ _DEQUANTIZERS = _functions("minq.kquants.dequantize", "minq.kquants.dequantize_r
 _SCALE_PACKERS = (kquants_k._pack_scale_min_k4,)
 _QUANTIZERS = _functions("minq.kquants.quantize", "minq.kquants.quantize_reference",
                          "minq.kquants_legacy.quantize_blocks", "minq.kquants_legacy._quantize_q45",
-                         "minq.kquants_kernels.quantize_legacy_kernel")
+                         "minq.kquants_kernels_legacy.quantize_legacy_kernel")
 
 
 def _float_blocks(seed: int, nb: int, n: int = 32) -> np.ndarray:
