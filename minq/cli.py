@@ -6,6 +6,8 @@
                                                             the main job (default: the quick run)
     minq schemes                                            list the default schemes
     minq quantize MODEL.gguf --type Q4_K_M -o OUT.gguf      requantize a GGUF to a llama.cpp mix (chapter 08)
+         [--imatrix FILE]                                   ... with an importance matrix
+    minq imatrix MODEL.gguf -o FILE                         collect one on minq's calibration text (GGUF or .dat)
 
 Errors of the user's making (ValueError, TypeError, FileNotFoundError, RuntimeError; file-system
 errors, OSError) print ``minq: error: ...`` and exit with status 2; Ctrl-C exits with 130.
@@ -46,8 +48,16 @@ def main(argv=None) -> int:
     q = sub.add_parser("quantize", help="requantize a Llama GGUF file to a llama.cpp mix (Q4_K_M, Q8_0, ...)",
                        description="Streams tensor by tensor (memory-mapped input): peak memory is about one tensor.")
     q.add_argument("model", help="the input .gguf file")
-    q.add_argument("--type", required=True, help="Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1")
+    q.add_argument("--type", required=True,
+                   help="Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS")
     q.add_argument("-o", "--out", required=True, help="the output .gguf file (never the input)")
+    q.add_argument("--imatrix", default=None, help="an importance matrix file (minq imatrix's or llama-imatrix's)")
+    im = sub.add_parser("imatrix", help="collect an importance matrix of a Llama GGUF model (for --imatrix)",
+                        description="Sums x^2 per input column of every linear over minq's calibration text.")
+    im.add_argument("model", help="the .gguf file, or a model name (smollm2)")
+    im.add_argument("-o", "--out", required=True, help="output file: .gguf (llama.cpp's format) or .dat (legacy)")
+    im.add_argument("--chunks", type=int, default=128, help="calibration windows (default 128)")
+    im.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -126,6 +136,8 @@ def _run(args) -> int:
         return _eval(args)
     if args.cmd == "quantize":
         return _quantize(args)
+    if args.cmd == "imatrix":
+        return _imatrix(args)
     return _report(args)
 
 
@@ -135,11 +147,30 @@ def _quantize(args) -> int:
     from minq.gguf_write import quantize_gguf
 
     t0 = time.perf_counter()
-    plan = quantize_gguf(args.model, args.out, args.type)
+    plan = quantize_gguf(args.model, args.out, args.type, imatrix=args.imatrix)
     counts = ", ".join(f"{n} {t}" for t, n in sorted(Counter(plan.values()).items(), key=lambda kv: -kv[1]))
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out}: {len(plan)} tensors ({counts}), {size / 2**20:.1f} MiB "
           f"(input {Path(args.model).stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _imatrix(args) -> int:
+    import minq
+    from minq.imatrix import collect_imatrix, write_imatrix
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix not in (".gguf", ".dat"):
+        raise ValueError(f"--out {out}: the suffix chooses the format, .gguf or .dat")
+    if Path(args.model).exists() and out.resolve() == Path(args.model).resolve():
+        raise ValueError(f"--out {out} is the model file: choose another output path")
+    model = minq.load_model(args.model)
+    ids = model.calibration_ids(n_samples=args.chunks, seq_len=args.seq_len, seed=0)
+    im = collect_imatrix(model, ids, dataset="minq calibration text")
+    write_imatrix(im, out)
+    print(f"wrote {out}: {len(im.sums)} entries, {im.chunk_count} chunks of {im.chunk_size} tokens "
+          f"in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -2,6 +2,12 @@
 
     minq.gguf_write.quantize_gguf("SmolLM2.Q4_1.gguf", "SmolLM2.Q4_K_M.gguf", "Q4_K_M")
     minq quantize SmolLM2.Q4_1.gguf --type Q4_K_M -o SmolLM2.Q4_K_M.gguf          # the same, from the shell
+    minq quantize SmolLM2.Q4_1.gguf --type IQ4_NL --imatrix smollm2.imatrix.gguf -o SmolLM2.IQ4_NL.gguf
+
+With an importance matrix (``minq.imatrix``: minq's ``minq imatrix`` or llama-imatrix's file), each
+linear found in it is quantized with its importances (``minq.kquants.quantize(..., imatrix=)``); the
+output head and the embedding, which llama-imatrix does not collect, are quantized without, as in
+llama-quantize, and the file records the imatrix in ``quantize.imatrix.*`` keys.
 
 A GGUF file is a header (magic, version, counts), typed key/value metadata, a table of tensor infos
 (name, dimensions in ggml order ``[in, out]``, type, offset) and the tensor data, each tensor aligned
@@ -44,8 +50,9 @@ def _dims(t) -> tuple[int, ...]:
     return tuple(int(n) for n in reversed(t.shape))
 
 
-def plan_types(reader, mix: str) -> dict:
-    """``{tensor name: new ggml type name}`` for every tensor of a ``gguf.GGUFReader`` (see the module)."""
+def plan_types(reader, mix: str, *, imatrix: bool = False) -> dict:
+    """``{tensor name: new ggml type name}`` for every tensor of a ``gguf.GGUFReader`` (see the module);
+    ``imatrix``: whether an importance matrix will be used (two mix rules depend on it)."""
     mix = _mix(mix)
     names = [t.name for t in reader.tensors]
     arch = reader.fields["general.architecture"].contents()
@@ -63,9 +70,9 @@ def plan_types(reader, mix: str) -> dict:
         elif t.name == "output.weight" or (tied and t.name == "token_embd.weight"):
             plan[t.name] = "Q8_0" if MIXES[mix] == "Q8_0" or dims[-1] % 256 else "Q6_K"
         elif t.name == "token_embd.weight":
-            plan[t.name] = tensor_type("token_embd", dims[-1], mix, n_blocks=n_blocks, n_gqa=n_gqa)
+            plan[t.name] = tensor_type("token_embd", dims[-1], mix, n_blocks=n_blocks, n_gqa=n_gqa, imatrix=imatrix)
         else:
-            plan[t.name] = tensor_type(t.name, dims[-1], mix, n_blocks=n_blocks, n_gqa=n_gqa)
+            plan[t.name] = tensor_type(t.name, dims[-1], mix, n_blocks=n_blocks, n_gqa=n_gqa, imatrix=imatrix)
     return plan
 
 
@@ -73,6 +80,21 @@ def _float32(t) -> np.ndarray:
     from minq.gguf import _to_float32
 
     return _to_float32(t.data, t.tensor_type.name, _dims(t))
+
+
+def _imatrix(imatrix, reader):
+    """``imatrix`` as an ``IMatrix`` checked against the tensors of ``reader`` (None stays None)."""
+    from minq.imatrix import IMatrix, read_imatrix
+
+    if imatrix is None:
+        return None
+    im = imatrix if isinstance(imatrix, IMatrix) else read_imatrix(imatrix)
+    widths = {t.name.removesuffix(".weight"): _dims(t)[-1] for t in reader.tensors if len(t.shape) == 2}
+    for name, s in im.sums.items():
+        if widths.get(name) != len(s):
+            raise ValueError(f"imatrix: entry {name} ({len(s)} columns) is not a linear of this model "
+                             f"({'absent' if name not in widths else f'{widths[name]} columns'}): another model's imatrix?")
+    return im
 
 
 def _check_paths(src, dst) -> tuple[Path, Path]:
@@ -86,8 +108,11 @@ def _check_paths(src, dst) -> tuple[Path, Path]:
     return src, dst
 
 
-def quantize_gguf(src, dst, mix: str, *, progress: bool = True) -> dict:
+def quantize_gguf(src, dst, mix: str, *, imatrix=None, progress: bool = True) -> dict:
     """Write ``src`` (a Llama-architecture GGUF) requantized to ``mix`` into ``dst``; returns the plan.
+
+    ``imatrix``: ``None``, a ``minq.imatrix.IMatrix`` or the path of an imatrix file (GGUF or ``.dat``);
+    its entries must be linears of ``src`` with the right widths (ValueError naming ``imatrix``).
 
     Metadata is copied (``general.file_type`` set to the mix, ``general.quantization_version`` 2).
     Raises FileNotFoundError (``src``), ValueError naming ``dst`` (the input itself, a folder, an
@@ -106,7 +131,8 @@ def quantize_gguf(src, dst, mix: str, *, progress: bool = True) -> dict:
     arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
     if arch != "llama":
         raise ValueError(f"src {src}: architecture {arch!r}, minq requantizes llama")
-    plan = plan_types(reader, mix)
+    im = _imatrix(imatrix, reader)
+    plan = plan_types(reader, mix, imatrix=im is not None)
     remove_stale_temporaries(dst.parent)             # what a killed earlier run left beside dst
     with atomic_path(dst) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
@@ -117,6 +143,12 @@ def quantize_gguf(src, dst, mix: str, *, progress: bool = True) -> dict:
             w.add_key_value(key, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
         w.add_file_type(int(gguf.LlamaFileType[f"MOSTLY_{mix}"]))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if im is not None:                                                 # as llama-quantize records it
+            w.add_string("quantize.imatrix.file", str(imatrix) if isinstance(imatrix, (str, os.PathLike)) else "")
+            if im.datasets:
+                w.add_string("quantize.imatrix.dataset", im.datasets[-1])
+            w.add_int32("quantize.imatrix.entries_count", len(im.sums))
+            w.add_int32("quantize.imatrix.chunks_count", im.chunk_count)
         for t in reader.tensors:
             new, dims = plan[t.name], _dims(t)
             if new in TYPES:
@@ -133,7 +165,9 @@ def quantize_gguf(src, dst, mix: str, *, progress: bool = True) -> dict:
                 if new == t.tensor_type.name:
                     data = np.ascontiguousarray(t.data)                           # copied byte for byte
                 else:
-                    data = quantize(_float32(t), new)                            # one tensor at a time
+                    key = t.name.removesuffix(".weight")
+                    w_in = im.importance(key) if im is not None and key in im.sums else None
+                    data = quantize(_float32(t), new, imatrix=w_in)              # one tensor at a time
             except ValueError as e:
                 raise ValueError(f"src {src}: tensor {t.name!r} ({t.tensor_type.name} -> {new}): {e}") from e
             w.write_tensor_data(data)

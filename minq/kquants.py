@@ -34,12 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq import (
+    kquants_iq,
     kquants_k,
     kquants_kernels,
+    kquants_kernels_iq,
     kquants_kernels_k,
     kquants_kernels_legacy,
     kquants_legacy,
     kquants_torch,
+    kquants_weighted,
 )
 from minq._backend import is_torch
 from minq._checks import check_float_array, check_int, is_int
@@ -67,14 +70,15 @@ class QType:
 
 def _table() -> dict:
     out = {}
-    for mod in (kquants_legacy, kquants_k):
+    for mod in (kquants_legacy, kquants_k, kquants_iq):
         for name, layout in mod.LAYOUTS.items():
             out[name] = QType(name, mod.BLOCK[name], layout)
     return out
 
 
-TYPES: dict = _table()      # {"Q4_0": QType(...), ..., "Q6_K": ..., "TQ2_0": ...}
-_MODULE = {name: kquants_legacy if name in kquants_legacy.LAYOUTS else kquants_k for name in TYPES}
+TYPES: dict = _table()      # {"Q4_0": QType(...), ..., "Q6_K": ..., "TQ2_0": ..., "IQ4_XS": ...}
+_MODULE = {name: mod for mod in (kquants_legacy, kquants_k, kquants_iq) for name in mod.LAYOUTS}
+_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")   # own imatrix search
 _KERNEL = {**dict.fromkeys(kquants_legacy.LAYOUTS, kquants_kernels_legacy.quantize_legacy_kernel),
            **dict.fromkeys(kquants_k.LAYOUTS, kquants_kernels_k.quantize_k_kernel)}     # Numba quantizers
 
@@ -97,22 +101,38 @@ def row_bytes(qtype, n: int) -> int:
     return n // t.block * t.nbytes
 
 
-def quantize(x, qtype):
+def quantize(x, qtype, imatrix=None):
     """``x [rows, n]`` (or ``[n]``) float -> uint8 ``[rows, n / block * nbytes]``: llama.cpp's bytes.
 
-    ``x`` is rounded to float32 first (llama.cpp quantizes float32). Raises TypeError / ValueError
-    naming ``x`` (not a float array, empty, NaN/Inf, more than 2-D, ``n`` not a multiple of the
-    block) or ``qtype`` (unknown), and ValueError naming ``x`` when its values are too large for the
-    type's fp16 scales (more than about 65504 times the type's largest code).
+    ``x`` is rounded to float32 first (llama.cpp quantizes float32). ``imatrix``: ``None`` or the
+    importance of each of the ``n`` input columns (``[n]``, finite, >= 0; the mean of x^2 over
+    calibration tokens, ``collect_imatrix``): the quantizer then minimises the error weighted by it,
+    as ``llama-quantize --imatrix`` does (``minq.kquants_weighted``, ``minq.kquants_iq``); Q8_0 and the
+    ternary types ignore it, as llama.cpp does. Raises TypeError / ValueError naming ``x`` (not a
+    float array, empty, NaN/Inf, more than 2-D, ``n`` not a multiple of the block), ``qtype``
+    (unknown) or ``imatrix`` (not ``[n]``, NaN/Inf, negative), and ValueError naming ``x`` when its
+    values are too large for the type's fp16 scales (more than about 65504 times the largest code).
 
     Error (tests/test_kquants.py): per block of 32, Q4_0 / Q5_0 keep ``|x - x_hat| <= d + s |d - fp16(d)|``
     with ``d = amax / s``, s = 8 / 16 (half a step from rounding, half from the clamp of the value
     opposite the extreme), Q8_0 ``<= d / 2 + 127 |d - fp16(d)|`` (s = 127); every type reproduces the
     error figures of llama.cpp's test-quantize-fns to 6 digits, and more bits never give more error."""
-    return _quantize(x, qtype, reference=False)
+    return _quantize(x, qtype, imatrix, reference=False)
 
 
-def _quantize(x, qtype, *, reference: bool):
+def _check_imatrix(imatrix, n: int):
+    """``imatrix`` as float32 ``[n]``: finite, non-negative, one value per input column."""
+    check_float_array(imatrix, "imatrix")
+    if is_torch(imatrix):
+        imatrix = imatrix.detach().to("cpu").float().numpy()
+    if imatrix.shape != (n,):
+        raise ValueError(f"imatrix must hold one importance per input column, shape ({n},), got {imatrix.shape}")
+    if (imatrix < 0).any():
+        raise ValueError(f"imatrix has negative values (at column {int(np.argmax(imatrix < 0))}): importances are >= 0")
+    return np.ascontiguousarray(imatrix, np.float32)
+
+
+def _quantize(x, qtype, imatrix, *, reference: bool):
     t = _qtype(qtype)
     device = None
     check_float_array(x, "x")                   # NumPy or torch: a float dtype, finite, not empty
@@ -123,9 +143,16 @@ def _quantize(x, qtype, *, reference: bool):
     n = x.shape[-1]
     if n % t.block:
         raise ValueError(f"x has rows of {n} values: {t.name} needs a multiple of its block of {t.block}")
+    w = None if imatrix is None else _check_imatrix(imatrix, n)
     B = np.ascontiguousarray(x, np.float32).reshape(-1, t.block)               # [rows * n / block, block]
     with np.errstate(all="ignore"):   # tiny sub-blocks overflow 1 / range to inf in ggml too: same bytes
-        if reference or t.name not in _KERNEL:
+        if w is not None and t.name in _WEIGHTED:
+            y = kquants_weighted.quantize_weighted(B.reshape(-1, n), t.name, w)
+        elif t.name in kquants_iq.LAYOUTS:
+            wb = None if w is None else np.broadcast_to(w, (B.size // n, n)).reshape(-1, t.block)
+            y = (kquants_iq.quantize_blocks(B, t.name, wb) if reference else
+                 kquants_kernels_iq.quantize_iq4_kernel(B, t.name, wb).reshape(-1).view(t.layout))
+        elif reference or t.name not in _KERNEL:
             y = _MODULE[t.name].quantize_blocks(B, t.name)
         else:
             y = _KERNEL[t.name](B, t.name).reshape(-1).view(t.layout)
@@ -202,10 +229,10 @@ def _check_scales(t: QType, finite) -> None:
                                  f"(corrupt bytes?)")
 
 
-def quantize_reference(x, qtype):
+def quantize_reference(x, qtype, imatrix=None):
     """``quantize`` through the readable NumPy code of ``minq.kquants_legacy`` / ``minq.kquants_k`` (the
     same bytes; ``quantize`` runs the Numba kernels of ``minq.kquants_kernels_legacy`` / ``_k``)."""
-    return _quantize(x, qtype, reference=True)
+    return _quantize(x, qtype, imatrix, reference=True)
 
 
 def dequantize_reference(data, qtype, shape):
@@ -233,10 +260,10 @@ class GGMLWeight:
             raise ValueError(f"data holds {int(np.prod(tuple(self.data.shape)))} bytes, {self.qtype} {self.shape} takes {need}")
 
     @classmethod
-    def quantize(cls, W, qtype) -> GGMLWeight:
+    def quantize(cls, W, qtype, imatrix=None) -> GGMLWeight:
         if getattr(W, "ndim", None) != 2:
             raise ValueError(f"W must be a 2-D weight [out, in], got shape {getattr(W, 'shape', None)}")
-        return cls(quantize(W, qtype), qtype, tuple(W.shape))
+        return cls(quantize(W, qtype, imatrix), qtype, tuple(W.shape))
 
     def dequantize(self):
         return dequantize(self.data, self.qtype, self.shape)

@@ -29,6 +29,7 @@ __all__ = ["dequantize_kernel"]
 
 F32 = np.float32
 I32 = np.int32
+_BLOCK = {**L_BLOCK, "IQ4_NL": 32}                                       # the rest: 256
 _F16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)   # [65536]
 
 
@@ -223,13 +224,43 @@ def _deq_q6_k(b, T, y):                       # [ql:128][qh:64][scales:16 int8][
                         y[i, 128 * h + 32 * k + l] = dl * F32((lo | hi << 4) - 32)
 
 
+# ---- dequantize: the non-linear types (codes through IQ4_NL's 16-entry table T) ---------------------
+
+_IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], F32)
+
+
+@njit
+def _iq4_run(q, dl, T, y):
+    """16 bytes ``q`` of codes -> 32 values ``y``: ``dl T[low nibble]`` then ``dl T[high nibble]``."""
+    half = y.shape[0] // 2
+    for j in range(half):
+        y[j], y[j + half] = dl * T[q[j] & 0xF], dl * T[q[j] >> 4]
+
+
+@njit(parallel=True)
+def _deq_iq4_nl(b, T, y):                     # [d][qs:16]                     y = d T[q]
+    for i in prange(b.shape[0]):
+        _iq4_run(b[i, 2:], _h(b, i, 0, T), _IQ4, y[i])
+
+
+@njit(parallel=True)
+def _deq_iq4_xs(b, T, y):                     # [d][scales_h:2][scales_l:4][qs:128]  y = d (ls - 32) T[q]
+    w = y.shape[1] // 8                                                  # 32, read at run time
+    for i in prange(b.shape[0]):
+        d = _h(b, i, 0, T)
+        sh = I32(b[i, 2]) | (I32(b[i, 3]) << 8)
+        for s in range(8):
+            ls = ((I32(b[i, 4 + s // 2]) >> (4 * (s % 2))) & 0xF) | (((sh >> (2 * s)) & 3) << 4)
+            _iq4_run(b[i, 8 + 16 * s:], d * F32(ls - 32), _IQ4, y[i, w * s:w * s + w])
+
+
 _DEQ = {"Q4_0": _deq_q4_0, "Q4_1": _deq_q4_1, "Q5_0": _deq_q5_0, "Q5_1": _deq_q5_1, "Q8_0": _deq_q8_0,
         "TQ1_0": _deq_tq1_0, "TQ2_0": _deq_tq2_0, "Q2_K": _deq_q2_k, "Q3_K": _deq_q3_k,
-        "Q4_K": _deq_q4_k, "Q5_K": _deq_q5_k, "Q6_K": _deq_q6_k}
+        "Q4_K": _deq_q4_k, "Q5_K": _deq_q5_k, "Q6_K": _deq_q6_k, "IQ4_NL": _deq_iq4_nl, "IQ4_XS": _deq_iq4_xs}
 
 
 def dequantize_kernel(raw, qtype: str):
     """``raw [nb, nbytes]`` uint8 blocks of ``qtype`` -> float32 ``[nb, block]``."""
-    y = np.empty((raw.shape[0], L_BLOCK.get(qtype, 256)), F32)
+    y = np.empty((raw.shape[0], _BLOCK.get(qtype, 256)), F32)
     _DEQ[qtype](np.ascontiguousarray(raw), _F16, y)
     return y

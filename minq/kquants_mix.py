@@ -14,11 +14,14 @@ is not a whole number of blocks. For a dense Llama-architecture model without an
     Q4_K_M   Q4_K      Q6_K if use_more_bits(i, n)     Q6_K if use_more_bits(i, n)       -
     Q5_K_S   Q5_K      -                               -                                 -
     Q5_K_M   Q5_K      Q6_K if use_more_bits(i, n)     Q6_K if use_more_bits(i, n)       -
-    Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: every tensor the default
+    IQ4_NL   IQ4_NL    Q5_K if n_gqa >= 4              Q5_K if i < n/8, without imatrix  -
+    IQ4_XS   IQ4_XS    Q5_K if n_gqa >= 4              Q5_K if i < n/8, without imatrix  -
+    Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: every tensor the default; with an imatrix, Q4_0 / Q5_0 give
+    ffn_down Q4_1 / Q5_1 for i < n/8 (llama.cpp's guard against "craziness" in the first layers)
 
     use_more_bits(i, n) = i < n/8  or  i >= 7n/8  or  (i - n/8) % 3 == 2      (integer division: about half)
     fallback when a row of `in` weights is not a whole number of blocks:
-        Q2_K, Q3_K, TQ1_0, TQ2_0 -> Q4_0    Q4_K -> Q5_0    Q5_K -> Q5_1    Q6_K -> Q8_0
+        Q2_K, Q3_K, TQ1_0, TQ2_0 -> Q4_0    Q4_K -> Q5_0    Q5_K -> Q5_1    Q6_K -> Q8_0    IQ4_XS -> IQ4_NL
 
 ``i`` is the block (layer) index, ``n`` the number of blocks, ``n_gqa`` query heads per key/value head.
 SmolLM2-135M has ``in = 576`` for every linear but ``ffn_down`` (1536), and 576 is not a multiple of
@@ -29,7 +32,9 @@ does not fit). minq's schemes quantize the decoder linears (``model.linear_names
 embedding as loaded, like every other scheme in the report, so bits per weight count those linears.
 
 Schemes: ``q2_k``, ``q3_k_s``, ``q3_k_m``, ``q3_k_l``, ``q4_k_s``, ``q4_k_m``, ``q5_k_s``, ``q5_k_m``,
-``q6_k``, ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``. Notebook: ``notebooks/08_kquants.ipynb``.
+``q6_k``, ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``iq4_nl``, ``iq4_xs``, each also with
+``-imat``: an importance matrix collected on the calibration windows (``minq.imatrix``), as
+``llama-imatrix`` then ``llama-quantize --imatrix`` would. Notebook: ``notebooks/08_kquants.ipynb``.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ __all__ = ["MIXES", "FALLBACK", "use_more_bits", "tensor_type", "mix_types", "qu
 
 MIXES = {"Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K",
          "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q8_0": "Q8_0",
-         "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1"}          # mix -> default type
+         "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
+         "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS"}                                     # mix -> default type
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1",
-            "Q6_K": "Q8_0"}
+            "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
 
 
 def use_more_bits(i: int, n: int) -> bool:
@@ -56,9 +62,12 @@ def use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def _raise(kind: str, mix: str, i: int, n: int, n_gqa: int, default: str) -> str:
+def _raise(kind: str, mix: str, i: int, n: int, n_gqa: int, default: str, imatrix: bool) -> str:
     """The type of a tensor of ``kind`` ("attn_v", "ffn_down", "attn_output", other) in block ``i`` of ``n``."""
+    iq = mix in ("IQ4_NL", "IQ4_XS")
     if kind == "attn_v":
+        if iq:
+            return "Q5_K" if n_gqa >= 4 else default
         return {"Q2_K": "Q4_K" if n_gqa >= 4 else "Q3_K",
                 "Q3_K_M": "Q5_K" if i < 2 else "Q4_K",
                 "Q3_K_L": "Q5_K",
@@ -66,6 +75,10 @@ def _raise(kind: str, mix: str, i: int, n: int, n_gqa: int, default: str) -> str
                 "Q4_K_M": "Q6_K" if use_more_bits(i, n) else default,
                 "Q5_K_M": "Q6_K" if use_more_bits(i, n) else default}.get(mix, default)
     if kind == "ffn_down":
+        if iq:
+            return "Q5_K" if i < n // 8 and not imatrix else default
+        if mix in ("Q4_0", "Q5_0") and imatrix:
+            return {"Q4_0": "Q4_1", "Q5_0": "Q5_1"}[mix] if i < n // 8 else default
         return {"Q2_K": "Q3_K",
                 "Q3_K_M": "Q5_K" if i < n // 16 else "Q4_K",
                 "Q3_K_L": "Q5_K",
@@ -77,8 +90,9 @@ def _raise(kind: str, mix: str, i: int, n: int, n_gqa: int, default: str) -> str
     return default
 
 
-def tensor_type(name: str, n_in: int, mix: str, *, n_blocks: int, n_gqa: int = 1) -> str:
-    """The ggml type llama-quantize gives the linear ``name`` (``blk.{i}.{kind}``) with rows of ``n_in``."""
+def tensor_type(name: str, n_in: int, mix: str, *, n_blocks: int, n_gqa: int = 1, imatrix: bool = False) -> str:
+    """The ggml type llama-quantize gives the linear ``name`` (``blk.{i}.{kind}``) with rows of ``n_in``;
+    ``imatrix``: whether an importance matrix is given (two rules depend on it)."""
     mix = _mix(mix)
     if not isinstance(name, str):
         raise TypeError(f"name must be a tensor name such as 'blk.0.attn_v', got {type(name).__name__}")
@@ -88,7 +102,7 @@ def tensor_type(name: str, n_in: int, mix: str, *, n_blocks: int, n_gqa: int = 1
     i, kind = (int(m[1]), m[2]) if m else (0, name)
     if i >= n_blocks:
         raise ValueError(f"name {name!r}: block {i} but n_blocks = {n_blocks}")
-    qtype = _raise(kind, mix, i, n_blocks, n_gqa, MIXES[mix])
+    qtype = _raise(kind, mix, i, n_blocks, n_gqa, MIXES[mix], bool(imatrix))
     if n_in % TYPES[qtype].block:
         qtype = FALLBACK.get(qtype, qtype)
         if n_in % TYPES[qtype].block:
@@ -102,7 +116,7 @@ def _mix(mix) -> str:
     return mix.upper()
 
 
-def mix_types(model, mix: str) -> dict:
+def mix_types(model, mix: str, *, imatrix: bool = False) -> dict:
     """``{linear name: ggml type}`` of ``mix`` for every linear of ``model`` (the model protocol only).
 
     ``n_blocks`` is the number of distinct ``blk.{i}`` prefixes; ``n_gqa`` is read from the shapes of
@@ -113,29 +127,45 @@ def mix_types(model, mix: str) -> dict:
     blocks = {m[1] for m in (re.match(r"blk\.(\d+)\.", n) for n in names) if m}
     W = model.weights
     n_gqa = W["blk.0.attn_q"].shape[0] // W["blk.0.attn_k"].shape[0] if {"blk.0.attn_q", "blk.0.attn_k"} <= set(W) else 1
-    return {n: tensor_type(n, W[n].shape[1], mix, n_blocks=max(1, len(blocks)), n_gqa=n_gqa) for n in names}
+    return {n: tensor_type(n, W[n].shape[1], mix, n_blocks=max(1, len(blocks)), n_gqa=n_gqa, imatrix=imatrix)
+            for n in names}
 
 
-def quantize_mix(model, mix: str, *, progress: bool = True):
-    """``model`` with every linear quantized to its ``mix`` type (``GGMLWeight``); ``model`` is unchanged."""
+def quantize_mix(model, mix: str, *, imatrix=None, progress: bool = True):
+    """``model`` with every linear quantized to its ``mix`` type (``GGMLWeight``); ``model`` is unchanged.
+
+    ``imatrix``: ``None`` or a ``minq.imatrix.IMatrix`` with an entry for every linear (its importances
+    weight each linear's rounding error, and two mix rules change, as in llama-quantize)."""
     from tqdm.auto import tqdm
 
-    types = mix_types(model, mix)
-    new = {n: GGMLWeight.quantize(model.weights[n].dequantize(), t)
+    if imatrix is not None:
+        missing = [n for n in model.linear_names() if n not in imatrix.sums]
+        if missing:
+            raise ValueError(f"imatrix has no entry for {missing[0]} (and {len(missing) - 1} more): another model's?")
+    types = mix_types(model, mix, imatrix=imatrix is not None)
+    new = {n: GGMLWeight.quantize(model.weights[n].dequantize(), t,
+                                  None if imatrix is None else imatrix.importance(n))
            for n, t in tqdm(types.items(), desc=mix.lower(), unit="linear", disable=not progress, leave=False)}
     return model.with_weights(new)
 
 
 def _scheme(m: re.Match) -> Scheme:
-    mix = m.string.upper()
-    desc = f"llama.cpp's {mix} mix (default {MIXES[mix]}; more bits for attn_v / ffn_down; fallback where rows do not fit)"
+    mix, imat = m["mix"].upper(), m["imat"] is not None
+    desc = (f"llama.cpp's {mix} mix (default {MIXES[mix]}; more bits for attn_v / ffn_down; fallback where rows "
+            f"do not fit)" + (", with an importance matrix from the calibration windows" if imat else ""))
 
     def quantize_model(model, calibration=None, progress=True):
-        return quantize_mix(model, mix, progress=progress)
+        from minq.imatrix import collect_imatrix
 
-    return Scheme(m.string, desc, quantize_model=quantize_model)
+        im = collect_imatrix(model, calibration, progress=progress) if imat else None
+        return quantize_mix(model, mix, imatrix=im, progress=progress)
+
+    return Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=imat)
 
 
-register_family("gguf", "|".join(re.escape(k.lower()) for k in sorted(MIXES, key=len, reverse=True)), _scheme,
-                "q{2..6}_k[_s|_m|_l] | q{4,5}_{0,1} | q8_0", defaults=("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0",
-                                                                     "q3_k_m", "q2_k"), quick=("q8_0", "q4_k_m"))
+_NAMES = "|".join(re.escape(k.lower()) for k in sorted(MIXES, key=len, reverse=True))
+register_family("gguf", rf"(?P<mix>{_NAMES})(?P<imat>-imat)?", _scheme,
+                "q{2..6}_k[_s|_m|_l] | q{4,5}_{0,1} | q8_0 | iq4_{nl,xs}, each [-imat]",
+                defaults=("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_k_m-imat", "q4_0", "q4_0-imat", "iq4_nl",
+                          "iq4_nl-imat", "iq4_xs-imat", "q3_k_m", "q3_k_m-imat", "q2_k", "q2_k-imat"),
+                quick=("q8_0", "q4_k_m"))

@@ -1,7 +1,7 @@
 """Chapter 08 — dequantizing ggml blocks with torch, on the tensor's device (CPU or CUDA).
 
 The same formulas as the NumPy references (``minq.kquants_legacy.dequantize_blocks``,
-``minq.kquants_k.dequantize_blocks``), written on raw bytes ``[nb, nbytes]`` uint8 because torch has no
+``minq.kquants_k.dequantize_blocks``, ``minq.kquants_iq.dequantize_blocks``), written on raw bytes ``[nb, nbytes]`` uint8 because torch has no
 structured dtypes: a float16 field is two bytes viewed as ``torch.float16``; codes are cut out of
 their bytes with shifts and masks. Each float32 product is its own elementwise operation, in ggml's
 order (``(d * sc) * q - dmin * m``), so the values equal the NumPy path bit for bit on any IEEE device
@@ -11,12 +11,14 @@ it is done once per model, and the scale searches are sequential per block.
 
 from __future__ import annotations
 
+from minq.kquants_iq import CODEBOOK
+from minq.kquants_iq import LAYOUTS as IQ_LAYOUTS
 from minq.kquants_k import LAYOUTS as K_LAYOUTS
 from minq.kquants_legacy import LAYOUTS as L_LAYOUTS
 
 __all__ = ["dequantize_blocks_torch"]
 
-_LAYOUTS = {**L_LAYOUTS, **K_LAYOUTS}
+_LAYOUTS = {**L_LAYOUTS, **K_LAYOUTS, **IQ_LAYOUTS}
 
 
 def _f16(raw, qtype, field):
@@ -116,6 +118,28 @@ def _k(raw, qtype):
     return (dl[..., None] * q.reshape(nb, 8, 32).float() - ml[..., None]).reshape(nb, 256)
 
 
+def _iq(raw, qtype):
+    """IQ4_NL / IQ4_XS: codes through the 16-entry table, ``d T[q]`` or ``(d (ls - 32)) T[q]``."""
+    import torch
+
+    nb = raw.shape[0]
+    d = _f16(raw, qtype, "d")
+    T = torch.tensor(CODEBOOK.tolist(), dtype=torch.float32, device=raw.device)
+    qs = _bytes(raw, qtype, "qs").int().reshape(nb, -1, 16)                   # [nb, nsub, 16]
+    t = T[torch.cat([qs & 0xF, qs >> 4], 2).long()]                             # [nb, nsub, 32]
+    if qtype == "IQ4_NL":
+        return (d[..., None] * t).reshape(nb, -1)
+    sl = _bytes(raw, qtype, "scales_l").int()
+    h = _bytes(raw, qtype, "scales_h").int()
+    sh = h[:, 0] | h[:, 1] << 8
+    b = torch.arange(8, device=raw.device, dtype=torch.int32)
+    ls = ((sl[:, b // 2] >> (4 * (b % 2))) & 0xF) | (((sh[:, None] >> (2 * b)) & 3) << 4)
+    dl = d * (ls - 32).float()                                                 # [nb, 8]
+    return (dl[..., None] * t).reshape(nb, 256)
+
+
 def dequantize_blocks_torch(raw, qtype: str):
     """``raw [nb, nbytes]`` torch uint8 blocks of ``qtype`` -> float32 ``[nb, block]`` on ``raw``'s device."""
+    if qtype in IQ_LAYOUTS:
+        return _iq(raw, qtype)
     return _legacy(raw, qtype) if qtype in L_LAYOUTS else _k(raw, qtype)

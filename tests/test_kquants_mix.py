@@ -164,11 +164,11 @@ def test_writer_bad_inputs_and_interruption(q4_k_m_file, tmp_path, monkeypatch):
     dst.write_bytes(b"the user's file")
     calls = {"n": 0}
 
-    def failing(x, qtype):
+    def failing(x, qtype, imatrix=None):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return quantize(x, qtype)
+        return quantize(x, qtype, imatrix)
 
     monkeypatch.setattr(gguf_write, "quantize", failing)
     with pytest.raises(KeyboardInterrupt):
