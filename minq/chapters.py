@@ -41,8 +41,9 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(7, "AWQ", ("minq/awq.py", "minq/awq_model.py", "minq/folding.py"), "notebooks/07_awq.ipynb",
             methods=("minq.awq_model",)),
     Chapter(8, "k-quants and GGUF",
-            ("minq/kquants.py", "minq/kquants_legacy.py", "minq/kquants_k.py", "minq/kquants_search.py",
-             "minq/kquants_mix.py", "minq/gguf.py"), "notebooks/08_kquants.ipynb", methods=("minq.kquants_mix",)),
+            ("minq/kquants.py", "minq/kquants_legacy.py", "minq/kquants_k.py", "minq/kquants_iq.py",
+             "minq/kquants_search.py", "minq/kquants_weighted.py", "minq/kquants_mix.py", "minq/imatrix.py",
+             "minq/gguf.py"), "notebooks/08_kquants.ipynb", methods=("minq.kquants_mix",)),
 )
 
 

@@ -39,7 +39,9 @@ Schemes: ``q2_k``, ``q3_k_s``, ``q3_k_m``, ``q3_k_l``, ``q4_k_s``, ``q4_k_m``, `
 
 from __future__ import annotations
 
+import hashlib
 import re
+import weakref
 
 from minq._checks import check_int
 from minq.kquants import TYPES, GGMLWeight
@@ -149,15 +151,32 @@ def quantize_mix(model, mix: str, *, imatrix=None, progress: bool = True):
     return model.with_weights(new)
 
 
+_LAST = [None]          # (weakref to the model, calibration digest, IMatrix) of the last -imat scheme
+
+
+def _imatrix_of(model, calibration, progress):
+    """``collect_imatrix(model, calibration)``, reused while the model and the windows stay the same (the
+    -imat schemes of one ``minq report`` share one collection, as one llama-imatrix file serves many mixes)."""
+    from minq.calibration import check_calibration
+    from minq.imatrix import collect_imatrix
+
+    ids = check_calibration(calibration)
+    key = hashlib.sha256(ids.tobytes()).hexdigest() + str(ids.shape)
+    last = _LAST[0]
+    if last is not None and last[0]() is model and last[1] == key:
+        return last[2]
+    im = collect_imatrix(model, ids, progress=progress)
+    _LAST[0] = (weakref.ref(model), key, im)
+    return im
+
+
 def _scheme(m: re.Match) -> Scheme:
     mix, imat = m["mix"].upper(), m["imat"] is not None
     desc = (f"llama.cpp's {mix} mix (default {MIXES[mix]}; more bits for attn_v / ffn_down; fallback where rows "
             f"do not fit)" + (", with an importance matrix from the calibration windows" if imat else ""))
 
     def quantize_model(model, calibration=None, progress=True):
-        from minq.imatrix import collect_imatrix
-
-        im = collect_imatrix(model, calibration, progress=progress) if imat else None
+        im = _imatrix_of(model, calibration, progress) if imat else None
         return quantize_mix(model, mix, imatrix=im, progress=progress)
 
     return Scheme(m.string, desc, quantize_model=quantize_model, needs_calibration=imat)

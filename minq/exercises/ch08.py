@@ -9,11 +9,11 @@ import importlib
 
 import numpy as np
 
-from minq import kquants_k
+from minq import kquants_iq, kquants_k
 from minq.kquants import dequantize, quantize
 from minq.testing import check
 
-__all__ = ["exercise_9", "exercise_10", "exercise_11"]
+__all__ = ["exercise_9", "exercise_10", "exercise_11", "exercise_12"]
 
 
 def _functions(*paths):
@@ -126,6 +126,37 @@ def exercise_11(fn) -> bool:
     st = _st()
     cases = st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 12)).map(lambda a: _float_blocks(*a))
     return check(fn, q5_0_bytes, cases, n=40, forbid=_QUANTIZERS)
+
+
+def _table_values(args):
+    """float32 values around IQ4_NL's table: uniform, exact entries, exact midpoints, beyond both ends."""
+    seed, n = args
+    r = np.random.default_rng(seed)
+    T = kquants_iq.CODEBOOK.astype(np.float32)
+    v = r.uniform(-140, 130, n).astype(np.float32)
+    k = r.integers(0, 15, n)
+    v[::3] = ((T[k] + T[k + 1]) / 2)[::3]                                   # ties: the upper entry wins
+    v[1::5] = T[r.integers(0, 16, n)][1::5]                                 # on an entry
+    return v
+
+
+def iq4_nl_index(v):
+    """The reference of exercise 12: ``minq.kquants_iq.best_index(v)``."""
+    return kquants_iq.best_index(v)
+
+
+def exercise_12(fn) -> bool:
+    """IQ4_NL's nearest table entry: ``fn(v) -> idx`` uint8 ``[n]`` for float32 values ``v [n]``.
+
+    The table ``T = minq.kquants_iq.CODEBOOK`` holds 16 increasing integers, -127 ... 113. Return for each
+    value the index of the nearest entry: 0 for ``v <= T[0]``, 15 for ``v >= T[15]``; otherwise, with
+    ``T[i] <= v < T[i + 1]``, ``i`` only when ``v - T[i] < T[i + 1] - v`` in float32, else ``i + 1`` (a
+    value exactly halfway goes up), as ggml's ``best_index_int8``. Checked against
+    ``minq.kquants_iq.best_index``, which is off limits.
+    """
+    st = _st()
+    cases = st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 64)).map(_table_values)
+    return check(fn, iq4_nl_index, cases, n=40, forbid=(kquants_iq.best_index,))
 
 
 def _st():

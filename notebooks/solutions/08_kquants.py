@@ -44,3 +44,13 @@ def exercise_11(x):
     out[:, 2:6] = qh.astype("<u4").reshape(nb, 1).view(np.uint8)
     out[:, 6:] = qs
     return out
+
+
+def exercise_12(v):
+    """IQ4_NL's nearest table entry: the first entry above v (searchsorted), then the lower neighbour
+    only when strictly nearer; the ends clamp."""
+    T = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+    v = np.asarray(v, np.float32)
+    up = np.clip(np.searchsorted(T, v, side="right"), 1, 15)           # T[up - 1] <= v < T[up]
+    idx = np.where(v - T[up - 1] < T[up] - v, up - 1, up)               # float32 distances; a tie goes up
+    return np.where(v <= T[0], 0, np.where(v >= T[15], 15, idx)).astype(np.uint8)
