@@ -20,8 +20,9 @@ Shapes follow NumPy (a matrix ``[out, in]``, blocks run along ``in``); ggml writ
 with its dimensions listed the other way round (``ne = [in, out]``). ``GGMLWeight`` wraps the bytes
 as a quantized weight of the model protocol (``dequantize()``, ``shape``, ``nbytes``,
 ``bits_per_weight``). ``quantize`` and ``dequantize`` run the Numba kernels of
-``minq.kquants_kernels`` (dequantize), ``minq.kquants_kernels_legacy`` and ``minq.kquants_kernels_k``
-(quantize); ``quantize_reference`` / ``dequantize_reference`` run the readable NumPy code, with the
+``minq.kquants_kernels`` (dequantize), ``minq.kquants_kernels_legacy``, ``minq.kquants_kernels_k`` and
+``minq.kquants_kernels_iq`` (quantize; with an importance matrix ``minq.kquants_kernels_weighted``);
+``quantize_reference`` / ``dequantize_reference`` run the readable NumPy code, with the
 same bytes and values (tests/test_kquants.py). Torch tensors are accepted: ``dequantize`` runs on the
 tensor's device (``minq.kquants_torch``), ``quantize`` computes the bytes on the CPU and returns them on
 the tensor's device. Notebook: ``notebooks/08_kquants.ipynb``.
@@ -40,6 +41,7 @@ from minq import (
     kquants_kernels_iq,
     kquants_kernels_k,
     kquants_kernels_legacy,
+    kquants_kernels_weighted,
     kquants_legacy,
     kquants_torch,
     kquants_weighted,
@@ -147,7 +149,8 @@ def _quantize(x, qtype, imatrix, *, reference: bool):
     B = np.ascontiguousarray(x, np.float32).reshape(-1, t.block)               # [rows * n / block, block]
     with np.errstate(all="ignore"):   # tiny sub-blocks overflow 1 / range to inf in ggml too: same bytes
         if w is not None and t.name in _WEIGHTED:
-            y = kquants_weighted.quantize_weighted(B.reshape(-1, n), t.name, w)
+            y = (kquants_weighted.quantize_weighted(B.reshape(-1, n), t.name, w) if reference else
+                 kquants_kernels_weighted.quantize_weighted_kernel(B.reshape(-1, n), t.name, w))
         elif t.name in kquants_iq.LAYOUTS:
             wb = None if w is None else np.broadcast_to(w, (B.size // n, n)).reshape(-1, t.block)
             y = (kquants_iq.quantize_blocks(B, t.name, wb) if reference else

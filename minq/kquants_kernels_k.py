@@ -95,6 +95,7 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
 
 @njit
 def _signed_max(x):
+    """ggml's ``if (ax > amax)`` loop from 0 (``signed_max``): NaN never wins; all zero / NaN: (+0.0, 0)."""
     mx, amax = F32(0), F32(0)
     for i in range(x.shape[0]):
         if abs(x[i]) > amax:

@@ -68,10 +68,14 @@ def _seq_sum(terms):
 def signed_max(X):
     """Per row of ``X [N, n]``: ``(max, amax)``, the value with the largest |x| (the first one on ties,
     sign kept) and that |x|. As ggml's loops, which start from 0.0 and keep a value only when its |x|
-    is strictly larger: a row of zeros (-0.0 included) gives +0.0."""
-    i = np.argmax(np.abs(X), axis=1)
+    is strictly larger: a row of zeros (-0.0 included) gives +0.0, and NaN is never kept (``NaN > amax``
+    is false), so a row of only NaN (and zeros) gives +0.0 too. NaN appears among the sub-block scales
+    when float32 sums overflow (inf / inf), e.g. Q6_K with an imatrix near 1e37."""
+    A = np.abs(X)
+    i = np.argmax(np.where(np.isnan(A), F32(-1), A), axis=1)
     mx = X[np.arange(len(X)), i]
-    return np.where(mx == 0, F32(0), mx).astype(F32), np.abs(mx)
+    mx = np.where((mx == 0) | np.isnan(mx), F32(0), mx).astype(F32)
+    return mx, np.abs(mx)
 
 
 def make_qx_quants(X, nmax: int, Wt=None):

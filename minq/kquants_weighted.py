@@ -23,7 +23,9 @@ then, as without an imatrix, every sub-block whose stored scale is not 0 is roun
 scales as stored. Block b of a row uses ``imatrix[B b : B (b + 1)]`` (B the block size), the same
 for every row. After llama.cpp's ``quantize_row_<type>_impl`` / ``quantize_<type>`` (ggml-quants.c),
 in float32 and C's order of operations (``minq.kquants_search``'s conventions), so that the bytes
-are llama.cpp's. Notebook: ``notebooks/08_kquants.ipynb``.
+are llama.cpp's. ``minq.kquants.quantize(x, qtype, imatrix=w)`` runs the Numba kernels of
+``minq.kquants_kernels_weighted``, proven equal to this code by tests/test_kquants_weighted.py;
+``quantize_reference`` runs this. Notebook: ``notebooks/08_kquants.ipynb``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,12 @@ void *dst, int64_t nrow, int64_t n_per_row, const float *imatrix)`` through ctyp
 - ``q_<set>_<type>``: the bytes with that imatrix, for Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K,
   Q6_K (each type's ``quantize_row_<type>_impl``) and IQ4_NL, IQ4_XS;
 - ``q_<set>_<type>_none``: IQ4_NL and IQ4_XS without an imatrix (the other types' no-imatrix bytes are
-  ``golden.npz``'s, since ``quantize_<type>`` then calls the ``*_ref`` functions; the script checks that).
+  ``golden.npz``'s, since ``quantize_<type>`` then calls the ``*_ref`` functions; the script checks that);
+- overflow cases, where float32 sums overflow, sub-block scales become NaN and ggml's ``if (ax > amax)``
+  loops skip them (``HUGE``): ``w_gauss_huge``, ``w_gauss`` with 8 columns set to 1e37,
+  and ``q_gauss_<type>_huge``, the nine weighted types with it; ``x_huge``, float32 ``[8, n]``, four
+  student and four gauss rows times 1e15, and ``q_huge_<type>_none`` for Q3_K, Q6_K without an imatrix.
+  Blocks whose scales overflow fp16 are stored as llama.cpp writes them (NaN / inf bytes included).
 
 The file is written atomically. CI never runs this script; the tests read the committed file.
 
@@ -39,6 +44,9 @@ OUT = base.ROOT / "data" / "kquants" / "golden_imatrix.npz"
 WEIGHTED = {t: base.TYPES[t][:2] for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}
 IQ = {"IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
 SEED = 20261207
+# overflow cases: (sets, columns, importance) of w_<set>_huge; x_huge = rows of x_student, x_gauss * 1e15
+HUGE = {"sets": ("gauss",), "columns": 8, "importance": 1e37, "x_scale": 1e15, "x_rows": 4,
+        "types_none": ("Q3_K", "Q6_K")}
 
 
 def _c_name(t: str) -> str:
@@ -83,6 +91,18 @@ def make(lib: ctypes.CDLL, golden: Path) -> dict[str, np.ndarray]:
             arrays[f"q_{s}_{t}_none"] = c_quantize(lib, x, t, None)
         for t in WEIGHTED:                  # without an imatrix the public quantizer is the *_ref one
             assert np.array_equal(c_quantize(lib, x, t, None), g[f"q_{s}_{t}"]), (s, t)
+    huge = np.random.default_rng(SEED + 1)    # its own stream: the arrays above do not change
+    for s in HUGE["sets"]:
+        w = arrays[f"w_{s}"].copy()
+        w[huge.choice(len(w), HUGE["columns"], replace=False)] = HUGE["importance"]
+        arrays[f"w_{s}_huge"] = w
+        for t in WEIGHTED:
+            arrays[f"q_{s}_{t}_huge"] = c_quantize(lib, g[f"x_{s}"], t, w)
+    k = HUGE["x_rows"]
+    xh = (np.concatenate([g["x_student"][:k], g["x_gauss"][:k]]) * np.float32(HUGE["x_scale"])).astype(np.float32)
+    arrays["x_huge"] = xh
+    for t in HUGE["types_none"]:
+        arrays[f"q_huge_{t}_none"] = c_quantize(lib, xh, t, None)
     meta = {
         "oracle": "quantize_<type>(src, dst, nrow, n_per_row, imatrix) from libggml-base.so",
         "llama_cpp_commit": base.LLAMA_CPP_COMMIT,
@@ -90,6 +110,10 @@ def make(lib: ctypes.CDLL, golden: Path) -> dict[str, np.ndarray]:
         "inputs": "x_<set> of data/kquants/golden.npz",
         "imatrix": f"default_rng({SEED}); per set in file order: exp(N(0,1)) [n], w[::10] = 0, 4 columns x100",
         "layout": "w_<set>: float32 [n]; q_<set>_<type>[_none]: uint8 [rows, n/block_elems*block_bytes]",
+        "huge": f"default_rng({SEED + 1}): w_<set>_huge = w_<set> with {HUGE['columns']} columns = "
+                f"{HUGE['importance']:g} for {list(HUGE['sets'])}; x_huge = [x_student[:{HUGE['x_rows']}], "
+                f"x_gauss[:{HUGE['x_rows']}]] * {HUGE['x_scale']:g}, q_huge_<type>_none for "
+                f"{list(HUGE['types_none'])}",
         "types": {t: {"block_elems": e, "block_bytes": b} for t, (e, b) in {**WEIGHTED, **IQ}.items()},
         "numpy": np.__version__,
         "date": datetime.date.today().isoformat(),
