@@ -22,8 +22,9 @@ File formats (llama.cpp's ``tools/imatrix/imatrix.cpp``, names are GGUF tensor n
 ``blk.0.attn_q.weight``):
 
 - GGUF (``general.type = "imatrix"``, ``imatrix.datasets``, ``imatrix.chunk_count``,
-  ``imatrix.chunk_size``): per linear a float32 tensor ``<name>.in_sum2`` (the sums) and
-  ``<name>.counts`` (the token count).
+  ``imatrix.chunk_size``; llama-quantize refuses a file without all three): per linear a float32
+  tensor ``<name>.in_sum2`` (the sums) and ``<name>.counts`` (the token count). gguf-py's writer also
+  adds ``general.architecture = "imatrix"``, which llama.cpp ignores.
 - legacy ``.dat``: int32 entry count; per entry int32 name length, the name, int32 ``ncall``, int32
   length, float32 ``(sums / count) * ncall`` with ``ncall`` = chunks seen; then int32 chunk count,
   int32 dataset-name length and the name. A reader divides by ``ncall`` again.
@@ -116,12 +117,14 @@ def write_imatrix(im: IMatrix, path, *, format: str | None = None) -> Path:
 
             w = gguf.GGUFWriter(tmp, arch="imatrix", endianess=gguf.GGUFEndian.LITTLE)
             w.add_type("imatrix")
-            w.add_array(gguf.Keys.IMatrix.DATASETS, list(im.datasets))
+            # llama-quantize requires all three imatrix.* keys; gguf-py writes no empty array, so a
+            # collection without a dataset name is written as "unnamed"
+            w.add_array(gguf.Keys.IMatrix.DATASETS, list(im.datasets) or ["unnamed"])
             w.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, im.chunk_count)
             w.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, im.chunk_size)
             for name in names:
-                w.add_tensor(f"{name}.weight.in_sum2", np.asarray(im.sums[name], np.float32)[None, :])
-                w.add_tensor(f"{name}.weight.counts", np.array([[im.counts[name]]], np.float32))
+                w.add_tensor(f"{name}.weight.in_sum2", np.asarray(im.sums[name], np.float32))     # [in]
+                w.add_tensor(f"{name}.weight.counts", np.array([im.counts[name]], np.float32))    # [1]
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()

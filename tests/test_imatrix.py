@@ -66,7 +66,7 @@ def test_gguf_file_is_llama_cpps_layout(im, tmp_path):
     assert len(t) == 2 * len(im.sums)
     s, c = t["blk.0.ffn_down.weight.in_sum2"], t["blk.0.ffn_down.weight.counts"]
     assert s.tensor_type == c.tensor_type == gguf.GGMLQuantizationType.F32
-    assert tuple(s.shape) == (1536, 1) and tuple(c.shape) == (1, 1)              # ggml order [ne0, nmat]
+    assert tuple(s.shape) == (1536,) and tuple(c.shape) == (1,)                  # as llama-imatrix writes them
     np.testing.assert_allclose(np.asarray(s.data).reshape(-1), im.sums["blk.0.ffn_down"], rtol=1e-6)
     assert float(np.asarray(c.data).reshape(-1)[0]) == 256
 
