@@ -67,19 +67,27 @@ def check_out_dir(out_dir) -> Path:
 
 @contextlib.contextmanager
 def _signals_held():
-    """SIGINT and SIGTERM wait until the block ends, then act (main thread; elsewhere Python gets none)."""
+    """SIGINT and SIGTERM wait until the block ends, then act (main thread; elsewhere Python gets none).
+
+    The two signals are unblocked in this thread meanwhile (and the mask restored after): a library, or
+    the parent of this process, may have left them blocked, and a blocked Ctrl-C would never act."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held = (signal.SIGINT, signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     got = []
-    old = {s: signal.signal(s, lambda n, _frame: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda n, _frame: got.append(n)) for s in held}
     try:
         yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, signal.SIG_DFL if h is None else h)    # None: a handler not set from Python
-        for s in dict.fromkeys(got):
-            signal.raise_signal(s)
+        try:
+            for s, h in old.items():
+                signal.signal(s, signal.SIG_DFL if h is None else h)    # None: a handler not set from Python
+            for s in dict.fromkeys(got):
+                signal.raise_signal(s)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _machine() -> dict:

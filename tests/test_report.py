@@ -225,9 +225,9 @@ print("ok")
 
 
 def test_ctrl_c_during_the_commit_acts_after_it(tmp_path):
-    """Run in a fresh interpreter: signal dispositions are process-wide, and in one full-suite run in a
-    fresh virtual environment the in-process version did not see its own Ctrl-C (it passes alone and in
-    every subset tried); the scenario and its assertions are unchanged."""
+    """Run in a fresh interpreter, which inherits this process's signal mask: in full-suite runs in a fresh
+    venv SIGINT was left blocked in the main thread by the time this test ran, and a blocked Ctrl-C never
+    reached the commit's handler (minq.report_files._signals_held now unblocks it while it holds)."""
     import subprocess
     import sys
     from pathlib import Path
