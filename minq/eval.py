@@ -22,6 +22,14 @@ Window protocol (``nll`` / ``perplexity``, the same as the reference measurement
 4. NLLs are computed in float64 (logits cast up, the max subtracted before exp), and
    PPL = exp(sum NLL / (n_windows * (window - 1))).
 
+A quantized KV cache (chapter 09, ``minq.kvcache_model``) is scored the way decoding sees it: a model of
+a ``kv-*`` scheme runs ``logits(window)`` on a fresh quantized cache, and ``minq.kvcache_quant`` makes
+that one forward *decode-exact* — each position attends to the keys and values as the cache would hold
+them had the window been decoded one token at a time from its first position (older positions
+quantized, the recent window and the token itself as the scheme says). Chunked prefill, where a chunk
+attends to its own keys in float, would hide most of the error. tests/test_kvcache.py compares the
+forward with a literal decode loop.
+
 Embedding fidelity (``embedding_fidelity``) compares sentence embeddings of a quantized encoder with
 the reference one: per-sentence cosine similarity, and whether each sentence's nearest neighbour
 among the others stays the same.

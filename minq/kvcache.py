@@ -13,14 +13,39 @@ further by storing ``k, v`` as int8 / int4 / FP8 codes (KIVI, Liu et al., 2024: 
 values per token). That chapter subclasses ``KVCache`` here.
 
 Both engines of ``minq.models.llama`` (``engine="reference"`` and ``"fast"``) use this one object and
-layout; ``model.new_cache()`` makes one, and ``model.logits(chunk, cache=c)`` continues from it.
+layout; ``model.new_cache()`` makes one, and ``model.logits(chunk, cache=c)`` continues from it. The
+engines call ``append``, which returns a ``KVRead``: the keys and values the new queries attend to and,
+from a quantized cache (``minq.kvcache_quant``), the quantized values each query reads instead below its
+own boundary, so that a chunk of several tokens attends exactly as token-by-token decoding would.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "KVRead"]
+
+
+class KVRead(NamedTuple):
+    """What attention reads after ``cache.append(layer, k, v)`` of ``T`` new positions ``n .. n+T-1``.
+
+    k, v:    float32 ``[B, n_kv, S, hd]``, all ``S = n + T`` positions (for a quantized cache: the
+             positions already quantized before this append as their dequantized values, the rest as
+             computed).
+    kq, vq:  None for a float cache; else float32 ``[B, n_kv, Q, hd]``, the dequantized values of the
+             first ``Q`` positions (those quantized once the last new position is appended).
+    qstart:  None, or int ``[T]``: new query ``r`` reads keys and values ``j < qstart[r]`` from ``kq, vq``
+             and ``j >= qstart[r]`` from ``k, v`` — the cache state that token-by-token decoding would
+             have shown it (``attention`` of ``minq.models.llama`` and the fast engine follow it).
+    """
+
+    k: object
+    v: object
+    kq: object = None
+    vq: object = None
+    qstart: object = None
 
 
 class KVCache:
@@ -48,6 +73,11 @@ class KVCache:
     def length(self) -> int:
         """Cached positions (of the last layer: a forward updates every layer before it reads this)."""
         return self._len[-1]
+
+    def append(self, layer: int, k, v) -> KVRead:
+        """Append ``k, v [B, n_kv, T, hd]`` to layer ``layer``; what the new queries attend to (``KVRead``).
+        A float cache: all positions, as stored."""
+        return KVRead(*self.update(layer, k, v))
 
     def update(self, layer: int, k, v):
         """Append ``k, v [B, n_kv, T, hd]`` to layer ``layer``; return all of them ``[B, n_kv, S+T, hd]``.

@@ -42,6 +42,8 @@ class Scheme:
     quantize_model(model, calibration, progress) -> a new model; None means "each linear with
         ``quantize_weight``" (``quantize_linears``).
     needs_calibration: ``minq.quantize`` supplies calibration token ids [n, seq] when True.
+    stacks: the scheme changes a model on top of another scheme's (a quantized KV cache): ``"A+B"``
+        applies ``A`` then ``B`` when ``B`` stacks.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Scheme:
     quantize_weight: Callable | None = None
     quantize_model: Callable | None = None
     needs_calibration: bool = False
+    stacks: bool = False
 
     def apply(self, model, calibration=None, *, progress: bool = True):
         """The quantized model (``model`` is left unchanged)."""
@@ -131,13 +134,40 @@ def _match(name: str) -> tuple[Family, re.Match]:
 
 
 def get(name: str) -> Scheme:
-    """The scheme called ``name``; ValueError listing the known names and patterns otherwise."""
+    """The scheme called ``name``; ValueError listing the known names and patterns otherwise.
+
+    ``"A+B"``: scheme ``A``, then ``B`` on its model, where ``B`` stacks (a KV-cache scheme), e.g.
+    ``"rtn-w4g64+kv-int4-kivi"``."""
+    if isinstance(name, str) and "+" in name:
+        return _stacked(name)
     family, m = _match(name)
     return family.builder(m)
 
 
+def _stacked(name: str) -> Scheme:
+    parts = name.split("+")
+    schemes = [get(p) for p in parts]
+    for p, s in zip(parts[1:], schemes[1:]):
+        if not s.stacks:
+            raise ValueError(f"scheme {name!r}: {p!r} does not stack on another scheme (only KV-cache schemes do)")
+    if schemes[0].stacks and len(parts) > 1:
+        raise ValueError(f"scheme {name!r}: give the weight scheme first ({parts[0]!r} stacks on one)")
+
+    def quantize_model(model, calibration, progress=True):
+        for s in schemes:
+            model = s.apply(model, calibration if s.needs_calibration else None, progress=progress)
+        return model
+
+    return Scheme(name, "; then ".join(s.description for s in schemes), quantize_model=quantize_model,
+                  needs_calibration=any(s.needs_calibration for s in schemes))
+
+
 def family_of(name: str) -> str:
-    """The family of scheme ``name`` (``"rtn"``, ``"gptq"``, ...); ValueError for an unknown name."""
+    """The family of scheme ``name`` (``"rtn"``, ``"gptq"``, ``"rtn+kv"`` for a stacked one, ...);
+    ValueError for an unknown name."""
+    if isinstance(name, str) and "+" in name:
+        get(name)
+        return "+".join(_match(p)[0].name for p in name.split("+"))
     return _match(name)[0].name
 
 

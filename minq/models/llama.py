@@ -109,21 +109,32 @@ def split_heads(x, n: int):
     return x.reshape(B, T, n, -1).transpose(0, 2, 1, 3)
 
 
-def attention(q, k, v):
+def attention(q, k, v, kq=None, vq=None, qstart=None):
     """Causal grouped-query attention ``softmax(q k^T / sqrt(hd) + mask) v`` of ``T`` queries to ``S`` keys.
 
     ``q [B, n_head, T, hd]``: the last ``T`` positions of the sequence; ``k, v [B, n_kv, S, hd]``: all
     ``S >= T`` of them. Query head ``h`` reads KV head ``h // g``, ``g = n_head / n_kv``. Returns
-    ``[B, n_head, T, hd]`` float32.
+    ``[B, n_head, T, hd]`` float32. From a quantized cache (``minq.kvcache.KVRead``): query ``r`` reads
+    keys and values ``j < qstart[r]`` from ``kq, vq [B, n_kv, Q, hd]`` instead of ``k, v``.
     """
     B, nh, T, hd = q.shape
     nkv, S = k.shape[1], k.shape[2]
     g = nh // nkv
     q = q.reshape(B, nkv, g * T, hd)                     # the g query heads of each KV head, stacked
     s = (q @ k.swapaxes(-1, -2)).reshape(B, nkv, g, T, S) * np.float32(1.0 / np.sqrt(hd))   # scores
+    if kq is not None:                                   # quantized below each query's boundary
+        Q = kq.shape[2]
+        use_q = np.arange(Q)[None, :] < np.asarray(qstart)[:, None]                         # [T, Q]
+        sq = (q @ kq.swapaxes(-1, -2)).reshape(B, nkv, g, T, Q) * np.float32(1.0 / np.sqrt(hd))
+        s[..., :Q] = np.where(use_q, sq, s[..., :Q])
     s = np.where(causal_mask(T, S), -np.inf, s)          # no query sees a later key
-    p = softmax(s).reshape(B, nkv, g * T, S)             # probabilities [B, nkv, g·T, S]
-    return (p @ v).reshape(B, nh, T, hd)                 # [B, nkv, g·T, hd] -> [B, nh, T, hd]
+    p = softmax(s)                                       # probabilities [B, nkv, g, T, S]
+    if vq is None:
+        return (p.reshape(B, nkv, g * T, S) @ v).reshape(B, nh, T, hd)    # [B, nkv, g·T, hd] -> [B, nh, T, hd]
+    pq, pf = np.where(use_q, p[..., :Q], 0), p.copy()
+    pf[..., :Q] = np.where(use_q, 0, p[..., :Q])         # p split: read quantized | read float
+    out = pq.reshape(B, nkv, g * T, Q) @ vq + pf.reshape(B, nkv, g * T, S) @ v
+    return out.reshape(B, nh, T, hd)
 
 
 def _matmul(X, W):
@@ -155,9 +166,11 @@ class LlamaModel(LlamaWeights):
         q = rope(split_heads(q, c.n_heads), cos, sin)                         # [B, nh, T, hd]
         k = rope(split_heads(k, c.n_kv_heads), cos, sin)                      # [B, nkv, T, hd]
         v = split_heads(v, c.n_kv_heads)
+        kq = vq = qstart = None
         if cache is not None:
-            k, v = cache.update(i, k, v)                                      # [B, nkv, S, hd]: with the cached
-        a = attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, d)         # [B, nh, T, hd] -> [B, T, d]
+            k, v, kq, vq, qstart = cache.append(i, k, v)                      # [B, nkv, S, hd]: with the cached
+        a = attention(q, k, v, kq, vq, qstart)                                # [B, nh, T, hd]
+        a = a.transpose(0, 2, 1, 3).reshape(B, T, d)                          # -> [B, T, d]
         h = x + self._linear((p + "attn_output",), a, hooks)
         n = rms_norm(h, self.norms[p + "ffn_norm"], c.norm_eps)
         gu = self._linear((p + "ffn_gate", p + "ffn_up"), n, hooks)            # [B, T, 2 hidden]

@@ -71,14 +71,19 @@ def block(model, i: int, x, cos, sin, cache=None, hooks=None):
         v_t[b, r] = qkv[..., d + kv:].reshape(Bp, t, nkv, hd)
 
     _parallel_for(attention_inputs, pieces, work=B * T * d * (d + 2 * kv))
+    kq = vq = qstart = None
     if cache is not None:
-        k, v = cache.update(i, k, v)                                             # [B, nkv, S, hd]
+        k, v, kq, vq, qstart = cache.append(i, k, v)                             # [B, nkv, S, hd]
     start = k.shape[2] - T                                                       # positions cached before
     a = np.empty((B, T, nkv, g * hd), np.float32)         # = [B, T, d], heads in Wo's input order
 
     def attend(tile):                                     # queries t0 .. t1-1 see keys < start + t1
         b, j, t0, t1 = tile
-        o = _attend(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1])  # [t, g, hd]
+        if kq is None:
+            o = _attend(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1])       # [t, g, hd]
+        else:
+            o = _attend_quantized(q[b, j, t0:t1], k[b, j, :start + t1], v[b, j, :start + t1], kq[b, j],
+                                  vq[b, j], qstart[t0:t1])
         a[b, t0:t1, j] = o.reshape(t1 - t0, g * hd)
 
     tiles = [(b, j, t0, min(t0 + QUERY_TILE, T)) for t0 in reversed(range(0, T, QUERY_TILE))
@@ -124,6 +129,27 @@ def _attend(q, k, v):
     s = (q.reshape(t * g, hd) @ k.T).reshape(t, g, S)                     # scores [t, g, S], one GEMM
     _softmax_tile(s)                                                       # probabilities, masked
     return (s.reshape(t * g, S) @ v).reshape(t, g, hd)                     # [t, g, hd]
+
+
+def _attend_quantized(q, k, v, kq, vq, qs):
+    """``_attend`` reading a quantized cache (``minq.kvcache.KVRead``): query ``r`` reads keys and values
+    ``j < qs[r]`` from ``kq, vq [Q, hd]`` and the others from ``k, v [S, hd]``. Keys below every boundary
+    come from ``kq`` alone and keys at or above every boundary from ``k`` alone; only the columns between
+    the tile's smallest and largest boundary are chosen per query."""
+    t, g, hd = q.shape
+    S = k.shape[0]
+    lo, hi = int(qs.min()), int(qs.max())
+    q2 = q.reshape(t * g, hd)
+    s = np.empty((t * g, S), np.float32)
+    s[:, :hi] = q2 @ kq[:hi].T
+    s[:, hi:] = q2 @ k[hi:].T
+    use_f = np.arange(lo, hi)[None, :] >= np.repeat(qs, g)[:, None]              # [t·g, hi - lo]
+    s[:, lo:hi] = np.where(use_f, q2 @ k[lo:hi].T, s[:, lo:hi])
+    _softmax_tile(s.reshape(t, g, S))                                             # probabilities, masked
+    out = s[:, :lo] @ vq[:lo] + s[:, hi:] @ v[hi:]
+    mid = s[:, lo:hi]
+    out += np.where(use_f, 0, mid) @ vq[lo:hi] + np.where(use_f, mid, 0) @ v[lo:hi]
+    return out.reshape(t, g, hd)
 
 
 def head(model, x):
