@@ -44,6 +44,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             ("minq/kquants.py", "minq/kquants_legacy.py", "minq/kquants_k.py", "minq/kquants_iq.py",
              "minq/kquants_search.py", "minq/kquants_weighted.py", "minq/kquants_mix.py", "minq/imatrix.py",
              "minq/gguf.py"), "notebooks/08_kquants.ipynb", methods=("minq.kquants_mix",)),
+    Chapter(9, "KV-cache quantization", ("minq/kvcache_quant.py", "minq/kvcache_model.py", "minq/kvcache.py"),
+            "notebooks/09_kv_cache.ipynb", methods=("minq.kvcache_model",)),
     Chapter(10, "FP8 and block formats",
             ("minq/fp8.py", "minq/fp8_model.py", "minq/mx.py", "minq/nf4.py"),
             "notebooks/10_fp8_and_block_formats.ipynb", methods=("minq.fp8_model", "minq.mx", "minq.nf4")),

@@ -74,6 +74,13 @@ class KVCache:
         """Cached positions (of the last layer: a forward updates every layer before it reads this)."""
         return self._len[-1]
 
+    def read(self, layer: int):
+        """``(k, v)`` float32 ``[B, n_kv, S, hd]``: every position layer ``layer`` holds, as stored."""
+        n = self._len[layer]
+        if self._k[layer] is None:
+            raise ValueError(f"layer {layer} holds no positions yet")
+        return self._k[layer][:, :, :n], self._v[layer][:, :, :n]
+
     def append(self, layer: int, k, v) -> KVRead:
         """Append ``k, v [B, n_kv, T, hd]`` to layer ``layer``; what the new queries attend to (``KVRead``).
         A float cache: all positions, as stored."""

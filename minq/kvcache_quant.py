@@ -43,7 +43,7 @@ from minq._checks import _all_finite, check_choice, check_int
 from minq.kvcache import KVCache, KVRead
 from minq.packing import nbytes_per_row, pack, unpack
 
-__all__ = ["KVSpec", "QuantizedKVCache", "kv_bytes"]
+__all__ = ["KVSpec", "QuantizedKVCache", "kv_bytes", "fake_quantize_kv"]
 
 FORMATS = ("int", "e4m3", "e5m2")
 AXES = ("token", "channel")
@@ -180,6 +180,21 @@ class _Store:
         return sum(int(a[:, :, :c].nbytes) for a in (self.codes, self.s, self.z) if a is not None)
 
 
+def fake_quantize_kv(x, spec: KVSpec, axis: str):
+    """``x [B, n_kv, T, hd]`` as the cache stores it once quantized (dequantized, float32): groups of
+    ``spec.group`` along hd (``axis="token"``) or along the positions (``"channel"``, T a multiple of the group)."""
+    check_choice(axis, "axis", AXES)
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"x must be [B, n_kv, T, hd], got shape {getattr(x, 'shape', None)}")
+    if axis == "channel" and x.shape[2] % spec.group:
+        raise ValueError(f"per-channel groups of {spec.group} positions need T a multiple of it, got T = {x.shape[2]}")
+    if axis == "token" and x.shape[3] % spec.group:
+        raise ValueError(f"group = {spec.group} must divide the head size {x.shape[3]} for per-token scales")
+    store = _Store(spec, axis)
+    store.append(np.asarray(x, np.float32))
+    return store.read()
+
+
 # --- the cache --------------------------------------------------------------------------------------
 
 
@@ -236,11 +251,19 @@ class QuantizedKVCache(KVCache):
 
     def update(self, layer: int, k, v):
         """Append; all positions as stored now (quantized ones dequantized): what a next token reads."""
-        r = self.append(layer, k, v)
-        if r.kq is None:
-            return r.k, r.v
-        Q = r.kq.shape[2]
-        return (np.concatenate([r.kq, r.k[:, :, Q:]], axis=2), np.concatenate([r.vq, r.v[:, :, Q:]], axis=2))
+        self.append(layer, k, v)
+        return self.read(layer)
+
+    def read(self, layer: int):
+        """``(k, v)`` float32 ``[B, n_kv, S, hd]`` as stored: the quantized positions dequantized, the rest."""
+        if self._kf[layer] is None:
+            raise ValueError(f"layer {layer} holds no positions yet")
+        kq, vq = self._kq[layer].read(), self._vq[layer].read()
+        if kq is None:
+            return self._kf[layer], self._vf[layer]
+        if self.spec.pre_rope:
+            kq = self._rotate(kq, 0, False)
+        return np.concatenate([kq, self._kf[layer]], axis=2), np.concatenate([vq, self._vf[layer]], axis=2)
 
     @property
     def nbytes(self) -> int:

@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minq
-import minq.kvcache_model  # noqa: F401  (registers the kv-* schemes)
 from minq import registry
 from minq.data import eval_tokens
 from minq.eval import token_nll
