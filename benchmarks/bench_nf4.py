@@ -43,9 +43,10 @@ def main(argv=None):
     dst = np.empty_like(src)
     print(f"NF4, {args.rows} x {args.cols} float32 weights, block {b}, best of {args.repeat}; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
-    t_m = best_time(lambda: np.copyto(dst, src), args.repeat)
+    t_m = best_time(lambda: np.copyto(dst, src), max(10, args.repeat))
     print(f"memcpy of {moved / 1e6:.1f} MB (read + written): {moved / t_m / 1e9:.2f} GB/s")
-    print(f"{'':11s} {'kernel':>10s} {'GB/s':>6s} {'of memcpy':>9s} {'goal':>5s} {'vs NumPy ref':>12s} {'vs torch':>9s}")
+    print(f"{'':11s} {'ms':>6s} {'kernel':>10s} {'GB/s':>6s} {'of memcpy':>9s} {'goal':>5s} {'vs NumPy ref':>12s} "
+          f"{'vs torch':>9s}")
     torch_x = None
     if not args.no_torch:
         try:
@@ -64,7 +65,7 @@ def main(argv=None):
         t = best_time(fast, args.repeat)
         t_r = best_time(ref, max(1, args.repeat // 2))
         vs_t = f"{best_time(tor, max(1, args.repeat // 2)) / t:8.1f}x" if torch_x is not None else f"{'-':>9s}"
-        print(f"{name:11s} {n / t / 1e6:6.0f} M/s {moved / t / 1e9:6.2f} {t_m / t:8.2f}x {goal:4.1f}x "
+        print(f"{name:11s} {t * 1e3:6.2f} {n / t / 1e6:6.0f} M/s {moved / t / 1e9:6.2f} {t_m / t:8.2f}x {goal:4.1f}x "
               f"{t_r / t:11.1f}x {vs_t}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

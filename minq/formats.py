@@ -40,8 +40,10 @@ MX block scales (chapter 10) are therefore not computed by encoding a float into
 Guarantees (tests/test_formats.py): ``decode`` equals ml_dtypes / numpy for every code of every
 format (a 1M sample for float32); ``encode`` equals the ml_dtypes (0.7) / numpy cast on a
 boundary-dense set of 1.05M-1.43M inputs per format, float32 subnormals densely included, with 0
-mismatches (NaN codes compared by NaN-ness); the Numba kernels equal the readable reference bit for
-bit; the torch path equals the NumPy path.
+mismatches (NaN codes compared by NaN-ness); the Numba kernels of ``minq.formats_kernels`` (what
+``encode`` / ``decode`` run on NumPy arrays: one parallel pass writing the codes or float32 values
+directly, the NaN and range checks counted inside it) equal the readable reference bit for bit; the
+torch path runs the reference and equals the NumPy path.
 
 Papers / specs: IEEE 754-2019; Micikevicius et al., "FP8 Formats for Deep Learning" (arXiv:2209.05433);
 OCP 8-bit Floating Point Specification (OFP8) v1.0; OCP Microscaling Formats (MX) v1.0.
@@ -54,9 +56,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minq import formats_kernels as fk
 from minq._backend import is_torch, namespace
 from minq._checks import check_float_array, check_uint_array
-from minq.formats_kernels import _F32_INF, _F32_QNAN, _decode_kernel, _encode_kernel
+from minq.formats_kernels import _F32_INF, _F32_QNAN
 
 __all__ = ["FloatFormat", "FORMATS", "CONVENTIONS", "encode_reference", "decode_reference"]
 
@@ -154,7 +157,7 @@ class FloatFormat:
         return 2.0 ** (self.emin - self.man_bits)
 
     # --- encode / decode -----------------------------------------------------------------------------
-    def encode(self, x, saturate: bool = False):
+    def encode(self, x, saturate: bool = False, *, kernel: bool = True):
         """float32 values -> codes of this format, same shape as ``x``.
 
         x: NumPy array or torch tensor (any device) of float32; float16/float64/bfloat16 are first
@@ -162,6 +165,7 @@ class FloatFormat:
            NaN and ±Inf follow the format's rules (a NaN into FP6/FP4 raises ValueError).
         saturate: False = ml_dtypes' cast (see module docstring); True = finite overflow and ±Inf
            become ±max (E8M0: +max; negatives stay NaN).
+        kernel: False runs ``encode_reference`` on NumPy input too (what torch input always runs).
         Returns NumPy ``code_dtype`` codes, or a torch tensor: uint8 for <= 8 bits, int32 for the
         16-bit formats and int64 for float32 (torch lacks most ops on uint16/uint32), holding the
         same code values.
@@ -169,36 +173,57 @@ class FloatFormat:
         check_float_array(x, "x", finite=False)
         if not isinstance(saturate, (bool, np.bool_)):
             raise TypeError(f"saturate must be a bool, got {type(saturate).__name__}")
-        if self.convention == "none" and bool(namespace(x).isnan(x).any()):
-            raise ValueError(f"x contains NaN, which {self.name} cannot represent (it has no NaN code)")
-        if is_torch(x):
+        saturate = bool(saturate)
+        if is_torch(x) or not kernel:                      # the readable reference
+            self._check_nan(self.convention == "none" and bool(namespace(x).isnan(x).any()))
+            q = encode_reference(x, self, saturate=saturate)
+            if not is_torch(x):
+                return q.astype(self.code_dtype)
             import torch
 
             bits = self.total_bits
-            dtype = torch.uint8 if bits <= 8 else torch.int32 if bits <= 16 else torch.int64
-            return encode_reference(x, self, saturate=bool(saturate)).to(dtype)
-        x = np.asarray(x, dtype=np.float32)
-        q = np.empty(x.size, np.uint32)
-        _encode_kernel(x.reshape(-1).view(np.uint32), q, self.exp_bits, self.man_bits, self.bias,
-                       CONVENTIONS.index(self.convention), self.max_mag, bool(saturate))
-        return q.reshape(x.shape).astype(self.code_dtype)
+            return q.to(torch.uint8 if bits <= 8 else torch.int32 if bits <= 16 else torch.int64)
+        x = np.require(x, np.float32, "C")                  # float16/64 -> float32; contiguous
+        q = np.empty(x.shape, self.code_dtype)             # written directly, no astype copy
+        if fk.fast_ok(self, encode=True):
+            n_nan = fk.encode_fast(x.reshape(-1), q.reshape(-1), self, saturate)
+        else:
+            n_nan = fk._encode_kernel(x.reshape(-1).view(np.uint32), q.reshape(-1), self.exp_bits, self.man_bits,
+                                      self.bias, CONVENTIONS.index(self.convention), self.max_mag, saturate)
+        self._check_nan(n_nan > 0)                         # counted inside the kernel: no extra pass
+        return q
 
-    def decode(self, codes):
+    def _check_nan(self, has_nan: bool):
+        if has_nan and self.convention == "none":
+            raise ValueError(f"x contains NaN, which {self.name} cannot represent (it has no NaN code)")
+
+    def decode(self, codes, *, kernel: bool = True):
         """Codes -> float32 values, same shape. NaN codes give a quiet NaN (payload not kept).
 
         codes: NumPy unsigned array or torch integer tensor with values in ``0 .. max_code``.
+        kernel: False runs ``decode_reference`` on NumPy input too (what torch input always runs).
         """
         check_uint_array(codes, "codes")
+        if is_torch(codes) or not kernel:
+            self._check_range(codes)
+            return decode_reference(codes, self)
+        if codes.dtype == np.uint64 or not fk.fast_ok(self, encode=False):
+            self._check_range(codes)
+            bits = np.empty(codes.shape, np.uint32)
+            fk._decode_kernel(codes.reshape(-1).astype(np.uint32), bits.reshape(-1), self.exp_bits, self.man_bits,
+                              self.bias, CONVENTIONS.index(self.convention))
+            return bits.view(np.float32)
+        c = np.require(codes, None, "C")
+        y = np.empty(c.shape, np.float32)
+        if fk.decode_fast(c.reshape(-1), y.reshape(-1), self) > self.max_code:   # the range check,
+            self._check_range(codes)                                             # fused: OR of the codes
+        return y
+
+    def _check_range(self, codes):
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi > self.max_code:
             raise ValueError(f"codes must be in 0..{self.max_code} for {self.name} "
                              f"({self.total_bits} bits), got values in {lo}..{hi}")
-        if is_torch(codes):
-            return decode_reference(codes, self)
-        bits = np.empty(codes.size, np.uint32)
-        _decode_kernel(codes.reshape(-1).astype(np.uint32), bits, self.exp_bits, self.man_bits, self.bias,
-                       CONVENTIONS.index(self.convention))
-        return bits.view(np.float32).reshape(codes.shape)
 
     def values(self):
         """All distinct finite values, ascending, float32 (-0 merged into +0). Formats up to 16 bits."""

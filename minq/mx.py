@@ -51,6 +51,12 @@ but decodes with 2^-127; minq uses X = 2^-127 both ways, as OCP does. (2) RCEIL:
 takes ceil(float32 log2(d)), which rounds d just above a power of two down (1 + 2^-23 at d ~ 2^4 and
 up); minq rounds d up from its bits, as the PTX instruction does. (3) NVFP4 two-level on an all-zero
 tensor: torchao gives NaN (0 / 0); minq sets pts = 1.
+
+``quantize``, ``quantize_nvfp4`` and ``dequantize`` run the Numba kernels of ``minq.mx_kernels`` on NumPy
+input (one fused pass per block: amax, scale, element codes; blocks in parallel), the code below on a
+torch tensor; ``quantize_reference`` / ``quantize_nvfp4_reference`` / ``dequantize_reference`` run that
+readable code on NumPy too (elements through chapter 01's ``encode_reference`` / ``decode_reference``),
+with the same bytes and values (tests/test_mx.py).
 Notebook: notebooks/10_fp8_and_block_formats.ipynb.
 """
 
@@ -61,13 +67,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minq import mx_kernels
 from minq._backend import namespace
 from minq._checks import _all_finite, check_float_array, check_int
 from minq.formats import FORMATS, FloatFormat
 from minq.registry import Scheme, register_family
 
 __all__ = ["MX_FORMATS", "SCALE_RULES", "MXTensor", "NVFP4Tensor", "MXWeight", "quantize", "dequantize",
-           "quantize_nvfp4", "clip_fraction", "pack_fp4", "unpack_fp4"]
+           "quantize_nvfp4", "quantize_reference", "quantize_nvfp4_reference", "dequantize_reference",
+           "clip_fraction", "pack_fp4", "unpack_fp4"]
 
 F32 = np.float32
 MX_FORMATS = {"mxfp8_e4m3": ("float8_e4m3fn", 8), "mxfp8_e5m2": ("float8_e5m2", 15),  # element, emax
@@ -89,21 +97,31 @@ def _ext(f: FloatFormat) -> FloatFormat:
 
 # ---- input checks (each error names the parameter, before any work) ----
 
-def _check_x(x, block_size, name="x"):
+def _check_x(x, block_size, name="x", *, scan=True):
+    """``x`` checked, as float32 blocks ``[..., n / block_size, block_size]``, and its namespace.
+    ``scan=False`` (float32 NumPy input to the kernels): the NaN/Inf check is left to the kernel, which
+    sees every value anyway; the errors and their order stay the same."""
     check_float_array(x, name, finite=False)
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension, got a 0-d array")
-    if not _all_finite(x):
-        raise ValueError(f"{name} contains NaN or Inf")
-    xp = namespace(x)
-    with np.errstate(over="ignore"):
-        xf = xp.f32(x)
-    if not _all_finite(xf):
-        raise ValueError(f"{name} has values beyond float32's range (float64 input rounds them to Inf)")
     n = x.shape[-1]
+    xp, xf = namespace(x), x
+    if scan or n % block_size:                     # a NaN is reported before a block size that does not divide
+        if not _all_finite(x):
+            raise ValueError(f"{name} contains NaN or Inf")
+        with np.errstate(over="ignore"):
+            xf = xp.f32(x)
+        if not _all_finite(xf):
+            raise ValueError(f"{name} has values beyond float32's range (float64 input rounds them to Inf)")
     if n % block_size:
         raise ValueError(f"block_size={block_size} must divide the last axis of {name} (length {n})")
     return xf.reshape(*x.shape[:-1], n // block_size, block_size), xp
+
+
+def _kernel_input(x, kernel):
+    """(run the kernels?, scan for NaN/Inf before them?): kernels for NumPy input; float32 is scanned by them."""
+    fast = kernel and isinstance(x, np.ndarray)
+    return fast, not (fast and x.dtype == F32)
 
 
 def _check_fmt(fmt):
@@ -156,9 +174,14 @@ class MXTensor:
     scale_rule: str = "floor"
 
     def dequantize(self):
-        """``X * P`` in float32, of ``shape`` (NumPy or torch, like the codes)."""
+        """``X * P`` in float32, of ``shape`` (NumPy or torch, like the codes). NumPy uint8 codes and scales
+        run the Numba kernel (``minq.mx_kernels``), anything else ``dequantize_reference``."""
+        y = mx_kernels.mx_dequantize(self, _elem(self.fmt))
+        return self._dequantize_reference() if y is None else y     # (codes out of range: raises there)
+
+    def _dequantize_reference(self):
         xp = namespace(self.codes)
-        P = _elem(self.fmt).decode(self.codes).reshape(*self.shape[:-1], -1, self.block_size)
+        P = _elem(self.fmt).decode(self.codes, kernel=False).reshape(*self.shape[:-1], -1, self.block_size)
         X = _pow2(xp.int64(self.scales), xp)[..., None]
         with np.errstate(over="ignore"):           # ceil/even/rceil may round amax ~ float32 max up to 2^128
             return (P * X).reshape(self.shape)
@@ -177,15 +200,29 @@ class MXTensor:
 def quantize(x, fmt: str, *, block_size: int | None = None, scale_rule: str = "floor") -> MXTensor:
     """``x`` (float16/32/64, NumPy or torch; blocks along the last axis) -> ``MXTensor``. Torch in, torch
     out (same device). Raises ValueError/TypeError naming ``x`` (not a float array, 0-d, empty, NaN/Inf),
-    ``fmt``, ``scale_rule`` or ``block_size`` (not an int >= 1, not dividing the last axis)."""
+    ``fmt``, ``scale_rule`` or ``block_size`` (not an int >= 1, not dividing the last axis). NumPy input
+    runs the Numba kernel, torch input ``quantize_reference``'s code (the same bytes)."""
+    return _quantize(x, fmt, block_size, scale_rule, kernel=True)
+
+
+def quantize_reference(x, fmt: str, *, block_size: int | None = None, scale_rule: str = "floor") -> MXTensor:
+    """``quantize`` through the readable NumPy (or torch) code below."""
+    return _quantize(x, fmt, block_size, scale_rule, kernel=False)
+
+
+def _quantize(x, fmt, block_size, scale_rule, *, kernel):
     _check_fmt(fmt)
     _check_rule(scale_rule)
     block = 32 if block_size is None else check_int(block_size, "block_size", lo=1)
-    xb, xp = _check_x(x, block)
-    code = _scale_code(xp.amax(abs(xb), -1), fmt, scale_rule, xp)         # [..., nb, 1]
-    P = _elem(fmt).encode(xb / _pow2(code, xp), saturate=True)             # RNE, saturating
-    return MXTensor(P.reshape(tuple(x.shape)), xp.to_uint8(code[..., 0]), fmt, tuple(x.shape), block,
-                    scale_rule)
+    fast, scan = _kernel_input(x, kernel)
+    xb, xp = _check_x(x, block, scan=scan)
+    shape, nb_shape = tuple(x.shape), tuple(xb.shape[:-1])
+    if fast:
+        P, S = mx_kernels.mx_quantize(xb.reshape(-1, block), _elem(fmt), scale_rule, MX_FORMATS[fmt][1])
+        return MXTensor(P.reshape(shape), S.reshape(nb_shape), fmt, shape, block, scale_rule)
+    code = _scale_code(xp.amax(abs(xb), -1), fmt, scale_rule, xp)                     # [..., nb, 1]
+    P = _elem(fmt).encode(xb / _pow2(code, xp), saturate=True, kernel=False)           # RNE, saturating
+    return MXTensor(P.reshape(shape), xp.to_uint8(code[..., 0]), fmt, shape, block, scale_rule)
 
 
 def dequantize(t):
@@ -193,6 +230,13 @@ def dequantize(t):
     if not isinstance(t, (MXTensor, NVFP4Tensor)):
         raise TypeError(f"t must be an MXTensor or NVFP4Tensor, got {type(t).__name__}")
     return t.dequantize()
+
+
+def dequantize_reference(t):
+    """``dequantize`` through the readable NumPy (or torch) code (the same values bit for bit)."""
+    if not isinstance(t, (MXTensor, NVFP4Tensor)):
+        raise TypeError(f"t must be an MXTensor or NVFP4Tensor, got {type(t).__name__}")
+    return t._dequantize_reference()
 
 
 # ---- NVFP4 ----
@@ -210,10 +254,15 @@ class NVFP4Tensor:
     block_size = NVFP4_BLOCK
 
     def dequantize(self):
-        s = E4M3.decode(self.block_scales)[..., None]                        # [..., nb, 1] float32
+        """``P * (tensor_scale * s8f)`` in float32 (the Numba kernel on NumPy uint8 codes, as ``dequantize``)."""
+        y = mx_kernels.nvfp4_dequantize(self, E4M3, E2M1)
+        return self._dequantize_reference() if y is None else y
+
+    def _dequantize_reference(self):
+        s = E4M3.decode(self.block_scales, kernel=False)[..., None]          # [..., nb, 1] float32
         if self.tensor_scale is not None:
             s = self.tensor_scale * s
-        P = E2M1.decode(self.codes).reshape(*self.shape[:-1], -1, NVFP4_BLOCK)
+        P = E2M1.decode(self.codes, kernel=False).reshape(*self.shape[:-1], -1, NVFP4_BLOCK)
         return (P * s).reshape(self.shape)
 
     def packed(self):
@@ -226,18 +275,24 @@ class NVFP4Tensor:
         return n // 2 + n // NVFP4_BLOCK + (4 if self.tensor_scale is not None else 0)
 
 
+def _tensor_scale(amax):
+    """NVFP4's tensor scale from the tensor's 0-d amax: amax / (448 * 6); 1 for an all-zero tensor."""
+    pts = amax / F32(448 * 6)
+    if float(pts) == 0:
+        pts = pts * 0 + 1                                                      # all-zero tensor (torchao: NaN)
+    return pts
+
+
 def _nvfp4_scales(xb, two_level, xp):
     """(s8 codes [..., nb, 1], 0-d pts or None, float32 reciprocal [..., nb, 1]) as torchao computes them."""
     amax = xp.amax(abs(xb), -1)
     block_scale = amax / F32(6)
     pts = None
     if two_level:
-        pts = xp.amax(abs(xb), None).reshape(()) / F32(448 * 6)
-        if float(pts) == 0:
-            pts = pts * 0 + 1                                                  # all-zero tensor (torchao: NaN)
+        pts = _tensor_scale(xp.amax(abs(xb), None).reshape(()))
         block_scale = block_scale / pts
-    s8 = E4M3.encode(xp.clip(block_scale, 2.0**-6, 448.0))
-    s8f = E4M3.decode(s8)
+    s8 = E4M3.encode(xp.clip(block_scale, 2.0**-6, 448.0), kernel=False)
+    s8f = E4M3.decode(s8, kernel=False)
     with np.errstate(over="ignore"):               # pts below 2^-128 (amax ~1e-35): 1 / pts is Inf, as in torchao
         recip = (1.0 / pts) / s8f if two_level else 1.0 / s8f
     return s8, pts, xp.f32(recip)
@@ -245,13 +300,31 @@ def _nvfp4_scales(xb, two_level, xp):
 
 def quantize_nvfp4(x, *, two_level: bool = True) -> NVFP4Tensor:
     """``x`` (last axis a multiple of 16) -> ``NVFP4Tensor``, torchao 0.18's ``nvfp4_quantize`` with
-    ``per_tensor_scale = amax / (448 * 6)`` (``two_level``) or None. Torch in, torch out."""
+    ``per_tensor_scale = amax / (448 * 6)`` (``two_level``) or None. Torch in, torch out; NumPy input runs
+    the Numba kernels (two passes: the blocks' amax, then scales and codes)."""
+    return _quantize_nvfp4(x, two_level, kernel=True)
+
+
+def quantize_nvfp4_reference(x, *, two_level: bool = True) -> NVFP4Tensor:
+    """``quantize_nvfp4`` through the readable NumPy (or torch) code (the same bytes)."""
+    return _quantize_nvfp4(x, two_level, kernel=False)
+
+
+def _quantize_nvfp4(x, two_level, *, kernel):
     if not isinstance(two_level, bool):
         raise TypeError(f"two_level must be a bool, got {type(two_level).__name__}")
-    xb, xp = _check_x(x, NVFP4_BLOCK)
+    fast, scan = _kernel_input(x, kernel)
+    xb, xp = _check_x(x, NVFP4_BLOCK, scan=scan)
+    shape, nb_shape = tuple(x.shape), tuple(xb.shape[:-1])
+    if fast:
+        X = np.require(xb, F32, "C").reshape(-1, NVFP4_BLOCK)
+        A = mx_kernels.nvfp4_amax(X)                                           # pass 1 (NaN/Inf raise)
+        pts = _tensor_scale(A.max(keepdims=True).reshape(())) if two_level else None
+        P, S = mx_kernels.nvfp4_quantize(X, A, pts, E4M3, E2M1)                # pass 2
+        return NVFP4Tensor(P.reshape(shape), S.reshape(nb_shape), pts, shape)
     s8, pts, recip = _nvfp4_scales(xb, two_level, xp)
-    P = E2M1.encode(xp.clip(xb * recip, -6.0, 6.0))
-    return NVFP4Tensor(P.reshape(tuple(x.shape)), s8[..., 0], pts, tuple(x.shape))
+    P = E2M1.encode(xp.clip(xb * recip, -6.0, 6.0), kernel=False)
+    return NVFP4Tensor(P.reshape(shape), s8[..., 0], pts, shape)
 
 
 def pack_fp4(codes):

@@ -81,8 +81,11 @@ TINY = nf4_kernels.TINY                       # absmax.clamp(min=1e-38) as float
 
 # ---- input checks (each error names the parameter, before any work) ----
 
-def _check_x(x, name="x"):
-    check_float_array(x, name)
+def _check_x(x, name="x", scan=True):
+    """``scan=False`` (float32 NumPy input to the kernel): NaN/Inf are found by the kernel's own pass."""
+    check_float_array(x, name, finite=False)
+    if (scan or x.ndim == 0) and not _all_finite(x):
+        raise ValueError(f"{name} contains NaN or Inf")
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension, got a 0-d array")
     return x
@@ -143,15 +146,25 @@ def _nearest(s, midpoints, xp):
 
 
 def _quantize(x, block_size, *, kernel: bool):
-    _check_x(x)
-    block = _check_block(block_size)
+    fast = kernel and isinstance(x, np.ndarray)
+    _check_x(x, scan=not (fast and x.dtype == F32))
+    try:
+        block = _check_block(block_size)
+    except (TypeError, ValueError):
+        _check_x(x)                                                          # a NaN/Inf is reported first
+        raise
     xp = namespace(x)
+    if fast and x.dtype == F32:                                              # checked inside the kernel
+        packed, absmax, finite = nf4_kernels.quantize_kernel(x.reshape(-1), block, MIDPOINTS)
+        if not finite:
+            raise ValueError("x contains NaN or Inf")
+        return packed, absmax
     with np.errstate(over="ignore"):                                         # checked just below
         x = xp.f32(x).reshape(-1)                                            # float16/64 -> float32
     if not _all_finite(x):
         raise ValueError("x has values beyond float32's range (float64 input rounds them to Inf)")
-    if kernel and xp.name == "numpy":
-        return nf4_kernels.quantize_kernel(x, block, MIDPOINTS)
+    if fast:
+        return nf4_kernels.quantize_kernel(x, block, MIDPOINTS)[:2]
     s, absmax = _scale_blocks(x, block, xp)
     q = xp.int64(_nearest(s, MIDPOINTS, xp))
     if xp.size(q) % 2:

@@ -3,18 +3,21 @@
 They equal ``minq.nf4.quantize_reference`` / ``dequantize_reference`` byte for byte and bit for bit
 (tests/test_nf4.py); that NumPy code is the one to read, with the formula and the byte layout:
 
-    quantize_kernel(x [n] float32, block, midpoints [15]) -> (packed [ceil(n / 2)] uint8, absmax [n_blocks])
+    quantize_kernel(x [n] float32, block, midpoints [15]) -> (packed [ceil(n / 2)] uint8, absmax [n_blocks], finite)
     dequantize_kernel(packed, absmax [n_blocks] float32, n, block, codebook [16]) -> x_hat [n] float32
 
 The codebook and its midpoints come in as arguments (``minq.nf4.CODEBOOK``, ``MIDPOINTS``), so the
 numbers live in one place. The full blocks run as a 2-D ``[n_blocks, block]`` view in parallel, the
-partial last block (if any) after them. Per block: the absmax, then each value's code is the number
+partial last block (if any) after them. Per block: the absmax (the integer max of the bits of |x|: the
+same number for finite floats, and it vectorises where a float max does not; a NaN/Inf shows as bits at
+or above Inf's, so the finiteness check costs no pass of its own), then each value's code is the number
 of midpoints strictly below its scaled value (15 branch-free comparisons; ties go to the lower code,
 and the reference's clamp to [-1, 1] changes no count). A full block scales by the float32 reciprocal
 ``1 / max(absmax, 1e-38)``; the partial last block divides by ``am = max(absmax, 1e-38)`` and stores
 ``am``, as bitsandbytes does. ``block`` is even, so every block starts on a byte; an odd ``n`` pads the
-low nibble of the last byte with the code of 0.0. Inner loops have run-time lengths (``half``), which
-LLVM vectorises rather than unrolls (see ``minq.kquants_kernels``).
+low nibble of the last byte with the code of 0.0. Inner loops run over row views (``Pb = P[b]``), of
+run-time length, which LLVM vectorises rather than unrolls (see ``minq.kquants_kernels``); a row view
+also indexes faster than ``P[b, j]`` (dequantize 1.7x).
 """
 
 from __future__ import annotations
@@ -40,17 +43,22 @@ def _code(v, mid):
 
 
 @njit(parallel=True, float_division=True)
-def _quantize_full(X, mid, P, absmax):
-    """Full blocks ``X [nb, block]`` -> bytes ``P [nb, block / 2]``, ``absmax [nb]``: times the reciprocal."""
-    half = X.shape[1] // 2                                # read at run time: LLVM vectorises, not unrolls
+def _quantize_full(X, U, mid, P, absmax):
+    """Full blocks ``X [nb, block]`` (``U``: its int32 view) -> bytes ``P [nb, block / 2]``, ``absmax [nb]``:
+    times the reciprocal. Returns whether a block holds NaN/Inf (its amax bits at or above Inf's)."""
+    bad = np.zeros(X.shape[0], np.uint8)
     for b in prange(X.shape[0]):
-        amax = F32(0)
-        for i in range(X.shape[1]):
-            amax = max(amax, abs(X[b, i]))
+        Xb, Ub, Pb = X[b], U[b], P[b]                     # row views: cheaper indexing than X[b, i]
+        ab = np.int64(0)
+        for i in range(Ub.size):                          # amax as the integer max of the bits of |x|
+            ab = max(ab, np.int64(Ub[i]) & 0x7FFFFFFF)
+        bad[b] = ab >= 0x7F800000
+        amax = np.int32(ab).view(np.float32)
         absmax[b] = amax
         inv = F32(1) / max(amax, TINY)
-        for j in range(half):
-            P[b, j] = (_code(X[b, 2 * j] * inv, mid) << 4) | _code(X[b, 2 * j + 1] * inv, mid)
+        for j in range(Pb.size):                          # Pb.size read at run time: LLVM vectorises
+            Pb[j] = (_code(Xb[2 * j] * inv, mid) << 4) | _code(Xb[2 * j + 1] * inv, mid)
+    return bad.any()
 
 
 @njit(float_division=True)
@@ -69,13 +77,12 @@ def _quantize_tail(x, mid, p):
 @njit(parallel=True)
 def _dequantize_full(P, absmax, code, Y):
     """Bytes ``P [nb, block / 2]`` -> ``Y [nb, block]``: ``code[q] * absmax``, high nibble first."""
-    half = P.shape[1]
     for b in prange(P.shape[0]):
-        a = absmax[b]
-        for j in range(half):
-            p = P[b, j]
-            Y[b, 2 * j] = code[p >> 4] * a
-            Y[b, 2 * j + 1] = code[p & 15] * a
+        a, Pb, Yb = absmax[b], P[b], Y[b]                 # row views (1.7x faster than P[b, j])
+        for j in range(Pb.size):
+            p = Pb[j]
+            Yb[2 * j] = code[p >> 4] * a
+            Yb[2 * j + 1] = code[p & 15] * a
 
 
 @njit
@@ -87,16 +94,19 @@ def _dequantize_tail(p, a, code, y):
 
 
 def quantize_kernel(x, block: int, midpoints):
-    """``x [n]`` float32 -> ``(packed uint8 [ceil(n / 2)], absmax float32 [ceil(n / block)])``."""
+    """``x [n]`` float32 -> ``(packed uint8 [ceil(n / 2)], absmax float32 [ceil(n / block)], finite)``:
+    ``finite`` False when x holds NaN/Inf (checked in the same pass; the caller raises)."""
     x = np.ascontiguousarray(x, F32).reshape(-1)
     mid = np.ascontiguousarray(midpoints, F32)
     n, full = x.size, x.size - x.size % block
     packed = np.empty((n + 1) // 2, np.uint8)
     absmax = np.empty(-(-n // block), F32)
-    _quantize_full(x[:full].reshape(-1, block), mid, packed[:full // 2].reshape(-1, block // 2), absmax[:full // block])
+    X = x[:full].reshape(-1, block)
+    bad = _quantize_full(X, X.view(np.int32), mid, packed[:full // 2].reshape(-1, block // 2), absmax[:full // block])
     if full < n:
+        bad |= not np.isfinite(x[full:]).all()
         absmax[-1] = _quantize_tail(x[full:], mid, packed[full // 2:])
-    return packed, absmax
+    return packed, absmax, not bad
 
 
 def dequantize_kernel(packed, absmax, n: int, block: int, codebook):

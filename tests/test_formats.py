@@ -13,11 +13,12 @@ subnormals into E8M0 differently, see minq/formats.py).
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minq import formats
+from minq import formats_kernels as fk
 from minq._jit import py_func
 from minq.formats import FORMATS, FloatFormat, decode_reference, encode_reference
 from minq.testing import assert_equal
@@ -270,19 +271,96 @@ def test_kernels_equal_reference(name):
 
 
 @pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2fnuz", "float4_e2m1fn", "float8_e8m0fnu",
-                                  "bfloat16"])
+                                  "bfloat16", "float32"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # NaN in NumPy scalar math
 def test_python_body_of_kernels_equals_reference(name):
-    """The kernels' pure-Python bodies (what runs under NUMBA_DISABLE_JIT=1) on a slice."""
+    """The kernels' pure-Python bodies (what runs under NUMBA_DISABLE_JIT=1) on a slice: the generic
+    scalar kernels for every format, the fast chunk kernels where ``fast_ok``."""
     fmt, conv = FORMATS[name], formats.CONVENTIONS.index(FORMATS[name].convention)
     x = encode_set(name)[::200]
-    q = np.empty(x.size, np.uint32)
-    py_func(formats._encode_kernel)(x.view(np.uint32), q, fmt.exp_bits, fmt.man_bits, fmt.bias, conv,
-                                    fmt.max_mag, False)
-    assert_equal(q, encode_reference(x, fmt).astype(np.uint32))
-    codes = all_codes(name)[:4096].astype(np.uint32)
+    codes = all_codes(name)[:4096]
+    for sat in (False, True):
+        want = encode_reference(x, fmt, saturate=sat)
+        q = np.empty(x.size, np.uint32)
+        n_nan = py_func(fk._encode_kernel)(x.view(np.uint32), q, fmt.exp_bits, fmt.man_bits, fmt.bias, conv,
+                                           fmt.max_mag, sat)
+        assert_equal(q, want.astype(np.uint32))
+        assert n_nan == np.isnan(x).sum()
+        if fk.fast_ok(fmt, encode=True):
+            q = np.empty(x.size, fmt.code_dtype)
+            n_nan = py_func(fk._encode_chunk)(x.view(np.int32), q, *fk.encode_consts(fmt, sat))
+            assert_equal(q, want.astype(fmt.code_dtype))
+            assert n_nan == np.isnan(x).sum()
+    want = decode_reference(codes, fmt).view(np.uint32)
     bits = np.empty(codes.size, np.uint32)
-    py_func(formats._decode_kernel)(codes, bits, fmt.exp_bits, fmt.man_bits, fmt.bias, conv)
-    assert_equal(bits, decode_reference(codes, fmt).view(np.uint32))
+    py_func(fk._decode_kernel)(codes.astype(np.uint32), bits, fmt.exp_bits, fmt.man_bits, fmt.bias, conv)
+    assert_equal(bits, want)
+    if fk.fast_ok(fmt, encode=False):
+        y = np.empty(codes.size, np.float32)
+        assert py_func(fk._decode_chunk)(codes, y, *fk.decode_consts(fmt)) == np.bitwise_or.reduce(codes)
+        assert_equal(y.view(np.uint32), want)
+
+
+def test_fast_kernels_cover_the_formats():
+    """Every format but E8M0 encodes through the fast kernel (float32: decode only)."""
+    assert [n for n in NAMES if not fk.fast_ok(FORMATS[n], encode=True)] == ["float32", "float8_e8m0fnu"]
+    assert [n for n in NAMES if not fk.fast_ok(FORMATS[n], encode=False)] == ["float8_e8m0fnu"]
+
+
+# custom layouts outside ``fast_ok`` (no mantissa bits, bias above 127) and inside it (chapter 10's clip
+# check widens the exponent by one bit), each equal to the reference through whichever kernel runs
+CUSTOM = [FloatFormat("e4m0", 1, 4, 0, 7, "fnuz"), FloatFormat("e3m0", 1, 3, 0, 3, "none"),
+          FloatFormat("e5m2_b140", 1, 5, 2, 140, "ieee"), FloatFormat("e3m1_ext", 1, 3, 1, 1, "none"),
+          FloatFormat("e6m2_ext", 1, 6, 2, 15, "none"), FloatFormat("e5m3_ext", 1, 5, 3, 7, "none")]
+
+
+@pytest.mark.parametrize("fmt", CUSTOM, ids=lambda f: f.name)
+def test_custom_formats_equal_reference(fmt):
+    x = encode_set("float8_e4m3fn")
+    x = x[~np.isnan(x)]
+    for sat in (False, True):
+        assert_equal(fmt.encode(x, saturate=sat), encode_reference(x, fmt, saturate=sat).astype(fmt.code_dtype))
+    c = np.arange(fmt.max_code + 1, dtype=fmt.code_dtype)
+    assert_equal(fmt.decode(c).view(np.uint32), decode_reference(c, fmt).view(np.uint32))
+
+
+def edge_floats(fmt):
+    """float32 values at a format's edges: its values and midpoints (ties), one float32 ulp either side,
+    zeros, the overflow tie, float32 subnormals, ±Inf, NaN where the format has a NaN, any bit pattern."""
+    grid = fmt.values().astype(np.float64)
+    ulp_max = 2.0 ** (fmt.emax - fmt.man_bits)
+    core = np.concatenate([grid, (grid[:-1] + grid[1:]) / 2, [fmt.max + ulp_max / 2, 0.0]]).astype(np.float32)
+    core = np.concatenate([core, -core])
+    with np.errstate(over="ignore"):
+        core = np.concatenate([core, np.nextafter(core, np.float32(np.inf)), np.nextafter(core, np.float32(-np.inf))])
+    if core.size > 4096:                                           # 16-bit formats: a sample
+        core = np.random.default_rng(0).choice(core, 4096, replace=False)
+    special = [np.inf, -np.inf] + ([np.nan, -np.nan] if fmt.convention != "none" else [])
+    top = float(np.float32(min(2 * fmt.max, 3e38)))
+    bits = st.integers(0, 2**32 - 1).map(lambda u: np.uint32(u).view(np.float32))
+    sub = st.integers(0, 0x7FFFFF).map(lambda u: np.uint32(u).view(np.float32))
+    if fmt.convention == "none":
+        bits = bits.filter(lambda v: not np.isnan(v))
+    return st.one_of(st.sampled_from(list(core) + [np.float32(v) for v in special]), bits, sub,
+                     st.floats(-top, top, width=32))
+
+
+@pytest.mark.parametrize("name", [n for n in SMALL if FORMATS[n].convention != "fnu"])
+def test_fast_kernels_equal_reference_on_edges(name):
+    """Property: the fast encode (both saturate modes) and decode equal the reference bit for bit on
+    arrays of edge values, of any length (across chunk boundaries in test_kernels_equal_reference)."""
+    fmt = FORMATS[name]
+
+    @settings(deadline=None)
+    @given(hnp.arrays(np.float32, st.integers(1, 300), elements=edge_floats(fmt)), st.booleans(),
+           hnp.arrays(np.uint8 if fmt.total_bits <= 8 else np.uint16, st.integers(1, 300),
+                      elements=st.integers(0, fmt.max_code)))
+    def prop(x, saturate, codes):
+        assert_equal(fmt.encode(x, saturate=saturate),
+                     encode_reference(x, fmt, saturate=saturate).astype(fmt.code_dtype))
+        assert_equal(fmt.decode(codes).view(np.uint32), decode_reference(codes, fmt).view(np.uint32))
+
+    prop()
 
 
 # --- torch path == NumPy path ------------------------------------------------------------------------------
@@ -413,6 +491,7 @@ def test_shapes_and_input_dtypes():
     assert FORMATS["float16"].encode(x).dtype == np.uint16 and FORMATS["float32"].encode(x).dtype == np.uint32
     assert_equal(FORMATS["float32"].encode(x), x.view(np.uint32))
     assert_equal(fmt.decode(q.astype(np.uint32)), fmt.decode(q))  # wider code dtypes are fine
+    assert_equal(fmt.decode(q[:, ::2].T), fmt.decode(q)[:, ::2].T)  # non-contiguous codes
 
 
 def test_values_lists_the_grid():
@@ -452,6 +531,9 @@ def test_encode_bad_saturate():
     (np.array([1], np.int8), TypeError, "codes must have an unsigned integer dtype"),
     (np.array([], np.uint8), ValueError, "codes is empty"),
     (np.array([0, 16], np.uint8), ValueError, "codes must be in 0..15"),
+    (np.array([3, 300], np.uint16), ValueError, r"codes must be in 0..15 .* got values in 3..300"),
+    (np.array([2**40, 1], np.uint64), ValueError, "codes must be in 0..15"),
+    (np.array([[1, 2], [3, 17]], np.uint32)[:, ::-1], ValueError, "got values in 1..17"),
     ((1, 2), TypeError, "codes must be a numpy array"),
 ])
 def test_decode_bad_codes(bad, err, match):

@@ -6,6 +6,7 @@ minq departs from torchao on purpose (scale code 0, RCEIL's float32 log2) are pi
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minq import mx, registry
-from minq.formats import FORMATS
+from minq import mx, mx_kernels, registry
+from minq._jit import py_func
+from minq.formats import FORMATS, decode_reference, encode_reference
+from minq.formats_kernels import decode_consts, encode_consts
 from minq.mx import (
     MX_FORMATS,
     SCALE_RULES,
+    MXTensor,
     MXWeight,
+    NVFP4Tensor,
     clip_fraction,
+    dequantize_reference,
     pack_fp4,
     quantize,
     quantize_nvfp4,
+    quantize_nvfp4_reference,
+    quantize_reference,
     unpack_fp4,
 )
 
@@ -180,6 +188,178 @@ def test_pack_fp4_roundtrip_low_nibble_first():
     p = pack_fp4(c)
     assert p[0, 0] == 0x10 and p[1, 3] == (15 << 4 | 14)
     assert (unpack_fp4(p) == c).all()
+
+
+# ---- the Numba kernels equal the readable reference ---------------------------------------------------
+
+def same(a, b):
+    """Equal arrays of equal dtype, float32 compared by bit pattern."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and not (bits(a) != bits(b)).any()
+
+
+def edge_values(fmt):
+    """float32 values at an element format's edges, for blocks scaled by 2^k: its values, midpoints (ties)
+    and one float32 step either side, max and beyond, zeros, float32 subnormals, a float32 max."""
+    f = FORMATS[MX_FORMATS[fmt][0]] if fmt != "nvfp4" else mx.E2M1
+    v = f.values().astype(np.float64)
+    core = np.concatenate([v, (v[:-1] + v[1:]) / 2, [f.max * 1.0625, 0.0]]).astype(F32)
+    core = np.concatenate([core, np.nextafter(core, F32(np.inf)), np.nextafter(core, F32(-np.inf))])
+    return st.one_of(st.sampled_from(list(core)), st.sampled_from([F32(0), F32(-0.0), F32(1e-45), F32(-3e-39),
+                                                                  F32(3.4e38), F32(-3.4e38)]),
+                     st.floats(-1e4, 1e4, width=32))
+
+
+def edge_blocks(fmt, block):
+    """[rows, blocks * block] arrays of edge values, each block scaled by its own 2^k (k in -140..120),
+    some blocks all zero."""
+    return st.tuples(st.integers(1, 3), st.integers(1, 4)).flatmap(lambda rb: st.tuples(
+        hnp.arrays(F32, (rb[0], rb[1] * block), elements=edge_values(fmt)),
+        hnp.arrays(np.int64, (rb[0], rb[1]), elements=st.integers(-140, 120)),
+        hnp.arrays(np.bool_, (rb[0], rb[1])))).map(lambda a: _scaled(*a, block))
+
+
+def _scaled(x, k, zero, block):
+    with np.errstate(over="ignore", under="ignore"):
+        y = (x.astype(np.float64) * np.repeat(2.0 ** k, block, -1)).astype(F32)
+    y[np.repeat(zero, block, -1)] = 0
+    return np.where(np.isfinite(y), y, F32(3.4e38) * np.sign(y)).astype(F32)
+
+
+@settings(deadline=None)
+@given(data=st.data(), fmt=st.sampled_from(sorted(MX_FORMATS)), rule=st.sampled_from(SCALE_RULES),
+       block=st.sampled_from([32, 16, 8, 1, 24]))
+def test_mx_kernel_equals_reference(data, fmt, rule, block):
+    """Codes, E8M0 scales and dequantized values, bit for bit, on edge values in every format, scale rule
+    and block size (the torch path runs the reference, tested against NumPy above)."""
+    x = data.draw(edge_blocks(fmt, block))
+    t, r = quantize(x, fmt, scale_rule=rule, block_size=block), quantize_reference(x, fmt, scale_rule=rule,
+                                                                                    block_size=block)
+    assert same(t.codes, r.codes) and same(t.scales, r.scales)
+    assert same(t.dequantize(), dequantize_reference(r))
+    assert same(quantize(x.astype(np.float64), fmt, scale_rule=rule, block_size=block).codes, r.codes)
+
+
+@settings(deadline=None)
+@given(data=st.data(), two_level=st.booleans())
+def test_nvfp4_kernel_equals_reference(data, two_level):
+    x = data.draw(edge_blocks("nvfp4", 16))
+    try:
+        r = quantize_nvfp4_reference(x, two_level=two_level)
+    except ValueError as e:                        # 0 * Inf on a tiny tensor (see the next test)
+        with pytest.raises(ValueError, match=re.escape(str(e))):
+            quantize_nvfp4(x, two_level=two_level)
+        return
+    t = quantize_nvfp4(x, two_level=two_level)
+    assert same(t.codes, r.codes) and same(t.block_scales, r.block_scales)
+    assert type(t.tensor_scale) is type(r.tensor_scale) and same(t.tensor_scale, r.tensor_scale)
+    assert same(t.dequantize(), dequantize_reference(r))
+
+
+def test_kernels_equal_reference_across_chunks():
+    """Arrays of several parallel chunks (an odd number of NVFP4 blocks, a ragged last chunk)."""
+    x = np.random.default_rng(3).standard_normal((3, 16 * 701)).astype(F32) * F32(30)
+    x[1, 100:300] = 0
+    for fmt in MX_FORMATS:
+        t, r = quantize(x[:, :32 * 350], fmt, scale_rule="even"), quantize_reference(x[:, :32 * 350], fmt,
+                                                                                       scale_rule="even")
+        assert same(t.codes, r.codes) and same(t.scales, r.scales) and same(t.dequantize(), dequantize_reference(r))
+    for two_level in (True, False):
+        t, r = quantize_nvfp4(x, two_level=two_level), quantize_nvfp4_reference(x, two_level=two_level)
+        assert same(t.codes, r.codes) and same(t.block_scales, r.block_scales)
+        assert same(t.dequantize(), dequantize_reference(r))
+    t = quantize_nvfp4(x[:1])                       # one row: 701 blocks, the last one unpaired
+    assert same(t.dequantize(), dequantize_reference(t))
+
+
+def test_nvfp4_tiny_tensor_raises_like_the_reference():
+    """amax below 2688 * 2^-128: 1 / pts is Inf (as in torchao), and 0 * Inf is NaN, which E2M1 cannot
+    hold: both paths raise the same error; without a zero both give ±6 codes."""
+    x = np.full((1, 16), 1e-37, F32)
+    assert same(quantize_nvfp4(x).codes, quantize_nvfp4_reference(x).codes)
+    x[0, 3] = 0
+    for q in (quantize_nvfp4, quantize_nvfp4_reference):
+        with pytest.raises(ValueError, match="x contains NaN, which float4_e2m1fn cannot represent"):
+            q(x)
+
+
+@pytest.mark.parametrize("fmt", [*sorted(MX_FORMATS), "nvfp4"])
+def test_dequantize_kernel_on_any_codes(fmt):
+    """Every element code (NaN and Inf ones too) with every scale code (0: 2^-127, 255: Inf): the kernel
+    equals the reference bit for bit; a code beyond the format raises the reference's error."""
+    rng = np.random.default_rng(0)
+    f = mx.E2M1 if fmt == "nvfp4" else FORMATS[MX_FORMATS[fmt][0]]
+    k = 16 if fmt == "nvfp4" else 32
+    codes = rng.integers(0, f.max_code + 1, (256, k)).astype(np.uint8)
+    scales = np.arange(256, dtype=np.uint8)[:, None]
+    if fmt == "nvfp4":
+        ts = [None, F32(0.37), np.asarray(F32(3e-3))]
+        tensors = [NVFP4Tensor(codes, scales, s, codes.shape) for s in ts]
+    else:
+        tensors = [MXTensor(codes, scales, fmt, codes.shape, k)]
+    for t in tensors:
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert same(t.dequantize(), dequantize_reference(t))
+        if f.max_code < 255:
+            codes[7, 3] = f.max_code + 1
+            with pytest.raises(ValueError, match=f"codes must be in 0..{f.max_code}"):
+                t.dequantize()
+            codes[7, 3] = 0
+
+
+@pytest.mark.parametrize("where", [0, 31, 32 * 7 + 5, -1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kernels_find_nan_and_inf_in_their_own_pass(where, bad):
+    x = np.random.default_rng(1).standard_normal((4, 256)).astype(F32)
+    x.reshape(-1)[where] = bad
+    ragged = np.concatenate([x, x[:, :4]], 1)                             # 260: no block size divides it
+    for q, a in ((lambda a: quantize(a, "mxfp4"), x), (quantize_nvfp4, x), (lambda a: quantize_reference(a, "mxfp4"), x),
+                 (lambda a: quantize(a, "mxfp8_e4m3", block_size=24), ragged), (quantize_nvfp4, ragged)):
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):      # reported before the block size
+            q(a)
+
+
+def test_element_codecs_equal_chapter_01():
+    """The kernels' element encoder (saturating) and decoder equal chapter 01's reference on the boundary
+    values and every code of each element format (E4M3 also as NVFP4's block scale)."""
+    enc, dec = py_func(mx_kernels._encode_sat), py_func(mx_kernels._decode_one)
+    for name in {v[0] for v in MX_FORMATS.values()}:
+        f = FORMATS[name]
+        v = f.values().astype(np.float64)
+        x = np.concatenate([v, (v[:-1] + v[1:]) / 2, [f.max * 2, 1e-40, 3e38]]).astype(F32)
+        x = np.concatenate([x, -x, np.nextafter(x, F32(0))])
+        want = encode_reference(x, f, saturate=True)
+        got = [enc(F32(xi), *encode_consts(f, True)[:5]) for xi in x]
+        assert got == want.tolist(), name
+        c = np.arange(f.max_code + 1)
+        got = np.array([dec(int(ci), *decode_consts(f)[:5]) for ci in c], F32)
+        assert same(got, decode_reference(c, f)), name
+
+
+def test_kernels_run_as_plain_python():
+    """NUMBA_DISABLE_JIT=1 runs the kernels' Python bodies (a learner's debugger): the same bytes."""
+    x = np.random.default_rng(2).standard_normal((2, 64)).astype(F32) * F32(10)
+    x[1, :32] = 0
+    X = x.reshape(-1, 32)
+    f, r = mx.E2M1, quantize_reference(x, "mxfp4", scale_rule="rceil")
+    P, S = np.empty(X.shape, np.uint8), np.empty(4, np.uint8)
+    assert not py_func(mx_kernels._mx_quantize)(X, X.view(np.int32), P, S, 1, 2, F32(6), *encode_consts(f, True)[:5])
+    assert same(P.reshape(x.shape), r.codes) and same(S.reshape(2, 2), r.scales)
+    Y = np.empty(X.shape, F32)
+    py_func(mx_kernels._mx_dequantize)(P, S, Y, *decode_consts(f)[:5])
+    assert same(Y.reshape(x.shape), dequantize_reference(r))
+    X = x.reshape(-1, 16)
+    A = np.empty(8, np.int32)
+    py_func(mx_kernels._nvfp4_amax)(X.view(np.int32), A)
+    r = quantize_nvfp4_reference(x)
+    P, S = np.empty(X.shape, np.uint8), np.empty(8, np.uint8)
+    e4, e2 = mx.E4M3, mx.E2M1
+    assert py_func(mx_kernels._nvfp4_quantize)(X, A.view(F32), r.tensor_scale, True, P, S, encode_consts(e4, True)[:5],
+                                              encode_consts(e2, True)[:5], decode_consts(e4)[:5]) == 0
+    assert same(P.reshape(x.shape), r.codes) and same(S.reshape(2, 4), r.block_scales)
+    Y = np.empty(X.shape, F32)
+    py_func(mx_kernels._nvfp4_dequantize)(P, S, r.tensor_scale, True, Y, decode_consts(e4)[:5], decode_consts(e2)[:5])
+    assert same(Y.reshape(x.shape), dequantize_reference(r))
 
 
 # ---- bad inputs -------------------------------------------------------------------------------------

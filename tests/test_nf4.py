@@ -238,12 +238,28 @@ def test_kernels_run_as_plain_python():
     x = np.random.default_rng(3).standard_normal(4 * 64).astype(F32).reshape(4, 64)
     x[1] = 0
     P, a = np.zeros((4, 32), np.uint8), np.empty(4, F32)
-    py_func(nf4_kernels._quantize_full)(x, MIDPOINTS, P, a)
+    assert not py_func(nf4_kernels._quantize_full)(x, x.view(np.int32), MIDPOINTS, P, a)
     p_ref, a_ref = quantize_reference(x, 64)
     assert np.array_equal(P.reshape(-1), p_ref) and mismatches(a, a_ref) == 0
     Y = np.empty((4, 64), F32)
     py_func(nf4_kernels._dequantize_full)(P, a, CODEBOOK, Y)
     assert mismatches(Y.reshape(-1), dequantize_reference(p_ref, a_ref, 256, 64)) == 0
+    x[2, 5] = np.inf
+    assert py_func(nf4_kernels._quantize_full)(x, x.view(np.int32), MIDPOINTS, P, a)
+
+
+@pytest.mark.parametrize("where", [0, 1000, 64 * 40 + 63, 64 * 50 + 3])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kernel_finds_nan_and_inf_in_its_own_pass(where, bad):
+    """float32 input is checked inside the kernel (full blocks and the partial last one): the same
+    error as the reference path's scan, and before a bad block_size, as there."""
+    x = np.random.default_rng(4).standard_normal(64 * 50 + 10).astype(F32)
+    x[where] = bad
+    for q in (quantize, quantize_reference):
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            q(x)
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            q(x, 3)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
