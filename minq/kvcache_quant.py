@@ -27,7 +27,9 @@ once attends as T one-token steps would, so ``model.logits(ids, cache=fresh)`` i
 in one forward (tests/test_kvcache.py compares it with a literal decode loop).
 
 Storage per layer: packed codes and scales of the quantized positions, float32 keys and values of the
-rest (``nbytes`` counts exactly these; ``kv_bytes`` computes the same from a spec, for any model).
+rest (``nbytes`` counts exactly these; ``kv_bytes`` computes the same from a spec, for any model). The
+cache runs with minq's NumPy runtime; its quantizer, ``fake_quantize_kv``, also takes torch tensors (CPU
+or CUDA) and gives the same values (tests/test_kvcache.py).
 Notebook: notebooks/09_kv_cache.ipynb.
 """
 
@@ -38,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq import fp8
-from minq._backend import NUMPY
-from minq._checks import _all_finite, check_choice, check_int
+from minq._backend import is_torch, namespace
+from minq._checks import _all_finite, check_choice, check_float_array, check_int
 from minq.kvcache import KVCache, KVRead
 from minq.packing import nbytes_per_row, pack, unpack
 
@@ -97,6 +99,22 @@ class KVSpec:
 # --- one tensor (keys or values) of one layer, quantized ---------------------------------------------
 
 
+def _f16(x):
+    """``x`` rounded to float16 (to nearest), NumPy or torch."""
+    if is_torch(x):
+        return x.to(x.new_empty(0).half().dtype)
+    return x.astype(np.float16)
+
+
+def _f16_down(m):
+    """The next float16 below ``m`` (a float16 array or tensor)."""
+    if is_torch(m):
+        import torch
+
+        return torch.nextafter(m, torch.full_like(m, -float("inf")))
+    return np.nextafter(m, np.float16(-np.inf))
+
+
 def _groups(x, axis, G):
     """``x [B, nkv, T, hd]`` -> ``[B, nkv, T', n, G]``: groups of G along hd ("token") or along the
     positions ("channel": T' = T / G position groups, n = hd channels)."""
@@ -123,27 +141,27 @@ class _Store:
         self.codes = self.s = self.z = None
 
     def _quantize(self, xg):
-        """Groups ``[..., G]`` -> (packed codes, s, z or None), the stored dtypes."""
-        sp = self.spec
+        """Groups ``[..., G]`` -> (packed codes, s, m or None), the stored dtypes (NumPy or torch)."""
+        sp, xp = self.spec, namespace(xg)
         if sp.fmt == "int":
             qmax = (1 << sp.bits) - 1
-            lo, hi = xg.min(axis=-1, keepdims=True), xg.max(axis=-1, keepdims=True)      # [..., 1]
-            if max(float(np.abs(lo).max()), float(np.abs(hi).max())) > 65504:
+            lo, hi = xp.amin(xg, (-1,)), xp.amax(xg, (-1,))                 # [..., 1]
+            if max(float(abs(lo).max()), float(abs(hi).max())) > 65504:
                 raise ValueError("k or v has values beyond float16's range: the cache's float16 scales cannot hold them")
-            m = lo.astype(np.float16)                                       # stored as float16, used as stored
-            m = np.where(m.astype(np.float32) > lo, np.nextafter(m, np.float16(-np.inf)), m)    # m <= min
-            span = (hi - m.astype(np.float32)) / np.float32(qmax)
-            s = NUMPY.float16_up(np.maximum(span, np.float32(2.0**-14)))    # float16, rounded up: covers max
-            q = np.clip(np.rint((xg - m.astype(np.float32)) / s.astype(np.float32)), 0, qmax).astype(np.uint8)
+            m = _f16(lo)                                                    # stored as float16, used as stored
+            m = xp.where(xp.f32(m) > lo, _f16_down(m), m)                   # m <= min
+            span = (hi - xp.f32(m)) / float(qmax)
+            s = xp.float16_up(xp.maximum(span, 2.0**-14))                  # float16, rounded up: covers max
+            q = xp.to_uint8(xp.clip(xp.rint((xg - xp.f32(m)) / xp.f32(s)), 0, qmax))
             return (q if sp.bits == 8 else pack(q, sp.bits)), s[..., 0], m[..., 0]
         t = fp8.quantize(xg, sp.fmt, "row")                                 # one scale per group
         return t.q, t.s[..., 0], None
 
     def _dequantize(self, codes, s, z):
-        sp = self.spec
+        sp, xp = self.spec, namespace(codes)
         if sp.fmt == "int":
-            q = (codes if sp.bits == 8 else unpack(codes, sp.bits, sp.group)).astype(np.float32)   # [..., G]
-            return q * s.astype(np.float32)[..., None] + z.astype(np.float32)[..., None]
+            q = xp.f32(codes if sp.bits == 8 else unpack(codes, sp.bits, sp.group))        # [..., G]
+            return q * xp.f32(s)[..., None] + xp.f32(z)[..., None]
         return fp8.decode(codes, sp.fmt) * s[..., None]
 
     def append(self, x):
@@ -182,7 +200,8 @@ class _Store:
 
 def fake_quantize_kv(x, spec: KVSpec, axis: str):
     """``x [B, n_kv, T, hd]`` as the cache stores it once quantized (dequantized, float32): groups of
-    ``spec.group`` along hd (``axis="token"``) or along the positions (``"channel"``, T a multiple of the group)."""
+    ``spec.group`` along hd (``axis="token"``) or along the positions (``"channel"``, T a multiple of the group).
+    NumPy or torch (any device): the same values (the cache itself runs with the NumPy runtime)."""
     check_choice(axis, "axis", AXES)
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must be [B, n_kv, T, hd], got shape {getattr(x, 'shape', None)}")
@@ -190,9 +209,9 @@ def fake_quantize_kv(x, spec: KVSpec, axis: str):
         raise ValueError(f"per-channel groups of {spec.group} positions need T a multiple of it, got T = {x.shape[2]}")
     if axis == "token" and x.shape[3] % spec.group:
         raise ValueError(f"group = {spec.group} must divide the head size {x.shape[3]} for per-token scales")
+    check_float_array(x, "x")
     store = _Store(spec, axis)
-    store.append(np.asarray(x, np.float32))
-    return store.read()
+    return _ungroup(store._dequantize(*store._quantize(_groups(namespace(x).f32(x), axis, spec.group))), axis)
 
 
 # --- the cache --------------------------------------------------------------------------------------

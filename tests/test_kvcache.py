@@ -13,7 +13,7 @@ from minq.data import eval_tokens
 from minq.eval import token_nll
 from minq.kvcache import KVCache
 from minq.kvcache_model import KVQuantModel, spec_of
-from minq.kvcache_quant import KVSpec, QuantizedKVCache, kv_bytes
+from minq.kvcache_quant import KVSpec, QuantizedKVCache, fake_quantize_kv, kv_bytes
 from minq.models.llama import attention
 from minq.runtime.llama_fast import _attend_quantized
 from minq.testing import assert_close, assert_equal
@@ -57,6 +57,26 @@ def test_any_chunking_attends_as_token_by_token_decoding(spec, seed, cut):
     # the storage is the same too: the positions quantized so far, as stored, and the float rest
     assert_equal(c_chunks.update(0, k[:, :, :0], v[:, :, :0])[0], c_steps.update(0, k[:, :, :0], v[:, :, :0])[0])
     assert c_chunks.nbytes == c_steps.nbytes
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+@given(seed=st.integers(0, 2**32 - 1), spec=st.sampled_from(SPECS))
+def test_torch_path_stores_the_same_values(axis, seed, spec):
+    """``fake_quantize_kv`` on torch tensors = on NumPy arrays, bit for bit (int and FP8, both axes)."""
+    import torch
+
+    k = _qkv(seed, T=32)[1]
+    assert_equal(fake_quantize_kv(torch.from_numpy(k), spec, axis).numpy(), fake_quantize_kv(k, spec, axis))
+
+
+def test_torch_path_on_every_device(device):
+    import torch
+
+    k = _qkv(9, T=32)[1]
+    for spec in (KVSpec.kivi(2, group=8), KVSpec("e4m3", group=16)):
+        t = fake_quantize_kv(torch.from_numpy(k).to(device), spec, "channel")
+        assert t.device.type == device
+        assert_equal(t.cpu().numpy(), fake_quantize_kv(k, spec, "channel"))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
