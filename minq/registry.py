@@ -138,10 +138,18 @@ def get(name: str) -> Scheme:
 
     ``"A+B"``: scheme ``A``, then ``B`` on its model, where ``B`` stacks (a KV-cache scheme), e.g.
     ``"rtn-w4g64+kv-int4-kivi"``."""
-    if isinstance(name, str) and "+" in name:
+    if _is_stacked(name):
         return _stacked(name)
     family, m = _match(name)
     return family.builder(m)
+
+
+def _is_stacked(name) -> bool:
+    """``A+B`` that no family claims whole (``awq+gptq-w4g64`` is one scheme of the awq family)."""
+    if not (isinstance(name, str) and "+" in name):
+        return False
+    _load_methods()
+    return not any(f.pattern.fullmatch(name) for f in _FAMILIES.values())
 
 
 def _stacked(name: str) -> Scheme:
@@ -165,7 +173,7 @@ def _stacked(name: str) -> Scheme:
 def family_of(name: str) -> str:
     """The family of scheme ``name`` (``"rtn"``, ``"gptq"``, ``"rtn+kv"`` for a stacked one, ...);
     ValueError for an unknown name."""
-    if isinstance(name, str) and "+" in name:
+    if _is_stacked(name):
         get(name)
         return "+".join(_match(p)[0].name for p in name.split("+"))
     return _match(name)[0].name
