@@ -47,8 +47,8 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(9, "KV-cache quantization", ("minq/kvcache_quant.py", "minq/kvcache_model.py", "minq/kvcache.py"),
             "notebooks/09_kv_cache.ipynb", methods=("minq.kvcache_model",)),
     Chapter(10, "FP8 and block formats",
-            ("minq/fp8.py", "minq/fp8_model.py", "minq/mx.py", "minq/nf4.py"),
-            "notebooks/10_fp8_and_block_formats.ipynb", methods=("minq.fp8_model", "minq.mx", "minq.nf4")),
+            ("minq/fp8.py", "minq/fp8_model.py", "minq/mx.py", "minq/mx_model.py", "minq/nf4.py"),
+            "notebooks/10_fp8_and_block_formats.ipynb", methods=("minq.fp8_model", "minq.mx_model", "minq.nf4")),
 )
 
 

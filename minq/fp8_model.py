@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from minq import fp8
-from minq._checks import _all_finite, check_choice
+from minq._checks import _all_finite, check_choice, check_int
+from minq.models.weights import TensorWeight
 from minq.registry import Scheme, quantize_linears, register_family
 from minq.w8a8 import ActQuantModel
 
@@ -40,7 +41,7 @@ __all__ = ["FP8Weight", "FP8Activations", "quantize_fp8", "quantize_fp8_w8a8"]
 
 
 @dataclass
-class FP8Weight:
+class FP8Weight(TensorWeight):
     """A weight ``W [out, in]`` as an ``FP8Tensor`` (the quantized-weight protocol)."""
 
     q: fp8.FP8Tensor
@@ -50,21 +51,6 @@ class FP8Weight:
         if getattr(W, "ndim", None) != 2:
             raise ValueError(f"W must be a 2-D weight [out, in], got shape {getattr(W, 'shape', None)}")
         return cls(fp8.quantize(W, fmt, granularity, block=block))
-
-    @property
-    def shape(self) -> tuple:
-        return self.q.shape
-
-    def dequantize(self):
-        return self.q.dequantize()
-
-    @property
-    def nbytes(self) -> int:
-        return self.q.nbytes
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
 
 
 class FP8Activations:
@@ -76,12 +62,10 @@ class FP8Activations:
     """
 
     def __init__(self, fmt: str = "e4m3", granularity: str = "row", *, tile: int = 128):
-        fp8.quantize(np.ones((1, 1), np.float32), fmt)                  # checks fmt
+        fp8.encode(np.zeros(1, np.float32), fmt)                       # checks fmt
         self.fmt = fmt
         self.granularity = check_choice(granularity, "granularity", fp8.GRANULARITIES)
-        self.block = (1, tile) if granularity == "block" else None
-        if self.block is not None:
-            fp8.quantize(np.ones((1, 1), np.float32), fmt, "block", block=self.block)   # checks tile
+        self.block = (1, check_int(tile, "tile", lo=1)) if granularity == "block" else None
         self._x = self._x_hat = None
 
     def __repr__(self):

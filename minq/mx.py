@@ -57,12 +57,12 @@ input (one fused pass per block: amax, scale, element codes; blocks in parallel)
 torch tensor; ``quantize_reference`` / ``quantize_nvfp4_reference`` / ``dequantize_reference`` run that
 readable code on NumPy too (elements through chapter 01's ``encode_reference`` / ``decode_reference``),
 with the same bytes and values (tests/test_mx.py).
+The quantized-weight protocol and the ``mxfp*`` / ``nvfp4`` schemes: ``minq.mx_model``.
 Notebook: notebooks/10_fp8_and_block_formats.ipynb.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,9 +71,8 @@ from minq import mx_kernels
 from minq._backend import namespace
 from minq._checks import _all_finite, check_float_array, check_int
 from minq.formats import FORMATS, FloatFormat
-from minq.registry import Scheme, register_family
 
-__all__ = ["MX_FORMATS", "SCALE_RULES", "MXTensor", "NVFP4Tensor", "MXWeight", "quantize", "dequantize",
+__all__ = ["MX_FORMATS", "SCALE_RULES", "MXTensor", "NVFP4Tensor", "quantize", "dequantize",
            "quantize_nvfp4", "quantize_reference", "quantize_nvfp4_reference", "dequantize_reference",
            "clip_fraction", "pack_fp4", "unpack_fp4"]
 
@@ -361,54 +360,3 @@ def clip_fraction(x, fmt: str, scale_rule: str = "floor", *, block_size: int | N
     clipped = g.decode(g.encode(v)) > f.max
     nonzero = v > 0
     return float(clipped.sum()) / max(float(nonzero.sum()), 1.0)
-
-
-# ---- the quantized-weight protocol and the schemes ----
-
-@dataclass
-class MXWeight:
-    """A weight ``W [out, in]`` in an MX format or NVFP4, blocks along the input axis."""
-
-    q: object                                      # MXTensor | NVFP4Tensor
-
-    @classmethod
-    def quantize(cls, W, fmt: str, scale_rule: str = "floor", *, block_size: int | None = None) -> MXWeight:
-        if getattr(W, "ndim", None) != 2:
-            raise ValueError(f"W must be a 2-D weight [out, in], got shape {getattr(W, 'shape', None)}")
-        if fmt == "nvfp4":
-            return cls(quantize_nvfp4(W, two_level=scale_rule != "one-level"))
-        return cls(quantize(W, fmt, block_size=block_size, scale_rule=scale_rule))
-
-    @property
-    def shape(self) -> tuple:
-        return self.q.shape
-
-    def dequantize(self):
-        return self.q.dequantize()
-
-    @property
-    def nbytes(self) -> int:
-        return self.q.nbytes
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
-
-
-_SCHEME_FMT = {"mxfp8": "mxfp8_e4m3", "mxfp8-e5m2": "mxfp8_e5m2", "mxfp6": "mxfp6_e2m3",
-               "mxfp6-e3m2": "mxfp6_e3m2", "mxfp4": "mxfp4"}
-
-
-def _scheme(m: re.Match) -> Scheme:
-    if m["nv"]:
-        rule = "one-level" if m["one"] else "two-level"
-        desc = f"NVFP4: E2M1, blocks of 16 with an E4M3 scale, {rule} (torchao nvfp4_quantize)"
-        return Scheme(m.string, desc, quantize_weight=lambda W: MXWeight.quantize(W, "nvfp4", rule))
-    fmt, rule = _SCHEME_FMT[m["mx"]], m["rule"] or "floor"
-    desc = f"OCP {fmt.upper()}: blocks of 32 with an E8M0 scale, {rule.upper()} scale rule"
-    return Scheme(m.string, desc, quantize_weight=lambda W: MXWeight.quantize(W, fmt, rule))
-
-
-register_family("mx", r"(?P<mx>mxfp8(?:-e5m2)?|mxfp6(?:-e3m2)?|mxfp4)(?:-(?P<rule>rceil|ceil|even))?"
-                r"|(?P<nv>nvfp4)(?P<one>-1l)?", _scheme, "mxfp{8,6,4}[-e5m2|-e3m2][-rceil|-ceil|-even] | nvfp4[-1l]",
-                defaults=("mxfp8", "mxfp6", "mxfp4", "nvfp4"), quick=())

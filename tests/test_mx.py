@@ -23,7 +23,6 @@ from minq.mx import (
     MX_FORMATS,
     SCALE_RULES,
     MXTensor,
-    MXWeight,
     NVFP4Tensor,
     clip_fraction,
     dequantize_reference,
@@ -34,6 +33,7 @@ from minq.mx import (
     quantize_reference,
     unpack_fp4,
 )
+from minq.mx_model import MXWeight
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "mx" / "golden.npz"
 Z = np.load(GOLDEN)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DenseWeight"]
+__all__ = ["DenseWeight", "TensorWeight"]
 
 
 class DenseWeight:
@@ -52,6 +52,27 @@ class DenseWeight:
 
     def __repr__(self):
         return f"DenseWeight(shape={self.W.shape})"
+
+
+class TensorWeight:
+    """The quantized-weight protocol for a weight ``W [out, in]`` held as one quantized tensor ``self.q``
+    (anything with ``shape``, ``dequantize()`` and ``nbytes``: ``minq.fp8.FP8Tensor``, ``minq.mx.MXTensor``,
+    ...). Subclasses are dataclasses with the field ``q`` and a ``quantize`` classmethod."""
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.q.shape)
+
+    def dequantize(self):
+        return self.q.dequantize()
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
 
 
 def _stack_rows(arrays):
