@@ -28,7 +28,7 @@ import re
 from minq.kvcache_quant import KVSpec, QuantizedKVCache
 from minq.registry import Scheme, register_family
 
-__all__ = ["KVQuantModel", "quantize_kv", "spec_of"]
+__all__ = ["KVQuantModel", "spec_of"]
 
 
 class KVQuantModel:
@@ -65,11 +65,6 @@ class KVQuantModel:
 
     def with_norms(self, new: dict):
         return KVQuantModel(self.model.with_norms(new), self.spec)
-
-
-def quantize_kv(model, spec: KVSpec) -> KVQuantModel:
-    """``model`` with its KV cache quantized as ``spec`` says."""
-    return KVQuantModel(model, spec)
 
 
 _FMT = {"int8": ("int", 8), "int4": ("int", 4), "int2": ("int", 2), "fp8-e4m3": ("e4m3", 8), "fp8-e5m2": ("e5m2", 8)}

@@ -6,8 +6,8 @@ A decoder's cache grows by ``2 · n_layers · n_kv · hd`` numbers a token (Smol
     fmt     "int" (asymmetric min-max per group, ``x_hat = s q + m`` with the group's minimum ``m`` and
             ``s = (max - m) / (2^bits - 1)``, both float16: KIVI's storage) with ``bits`` 2..8, or "e4m3" / "e5m2" (FP8 codes, a float32 scale ``amax / fmax``; ``minq.fp8``)
     axis    per quantized tensor (``key_axis``, ``value_axis``):
-            "token"    one (s, z) per token, head and ``group`` channels      groups along hd
-            "channel"  one (s, z) per channel, head and ``group`` tokens      groups along the positions
+            "token"    one scale (and m) per token, head and ``group`` channels    groups along hd
+            "channel"  one scale (and m) per channel, head and ``group`` tokens    groups along the positions
     window  R: the most recent positions stay float (KIVI's residual); older ones are quantized as they
             leave it. Per-channel groups need ``group`` whole positions, so positions of an unfinished
             group stay float too: positions ``0 .. qp(L) - 1`` are quantized once the cache holds L,
@@ -167,8 +167,7 @@ class _Store:
     def append(self, x):
         parts = self._quantize(_groups(x, self.axis, self.spec.group))
         step = parts[0].shape[2]                                            # positions (or position groups)
-        used = self.codes.shape[2] if self.codes is not None else 0
-        if self.codes is None or self._count + step > used:
+        if self.codes is None or self._count + step > self.codes.shape[2]:
             cap = max(2 * (self._count + step), 4)
             grown = [None if p is None else np.empty((*p.shape[:2], cap, *p.shape[3:]), p.dtype) for p in parts]
             if self.codes is not None:
@@ -201,7 +200,10 @@ class _Store:
 def fake_quantize_kv(x, spec: KVSpec, axis: str):
     """``x [B, n_kv, T, hd]`` as the cache stores it once quantized (dequantized, float32): groups of
     ``spec.group`` along hd (``axis="token"``) or along the positions (``"channel"``, T a multiple of the group).
-    NumPy or torch (any device): the same values (the cache itself runs with the NumPy runtime)."""
+    NumPy or torch (any device): the same values (the cache itself runs with the NumPy runtime). Raises
+    ValueError naming ``x``, ``axis`` or the group. Error bound for "int" (tests/test_kvcache.py): each
+    value is within half a step of its group, ``|x_hat - x| <= s / 2 + 2^-22 |x|`` with
+    ``s <= (max - min + 2^-10 |min|) (1 + 2^-10) / (2^bits - 1) + 2^-14``, the group's stored scale."""
     check_choice(axis, "axis", AXES)
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must be [B, n_kv, T, hd], got shape {getattr(x, 'shape', None)}")
@@ -256,9 +258,7 @@ class QuantizedKVCache(KVCache):
             new_k = kf[:, :, :qp1 - qp0]
             self._kq[layer].append(self._rotate(new_k, qp0, True) if sp.pre_rope else new_k)
             self._vq[layer].append(vf[:, :, :qp1 - qp0])
-        kq, vq = self._kq[layer].read(), self._vq[layer].read()            # [B, nkv, qp1, hd] or None
-        if kq is not None and sp.pre_rope:
-            kq = self._rotate(kq, 0, False)
+        kq, vq = self._dequantized(layer)                                    # [B, nkv, qp1, hd] or None
         self._kf[layer], self._vf[layer] = kf[:, :, qp1 - qp0:], vf[:, :, qp1 - qp0:]
         self._len[layer] = n + T
         if kq is None:                                                      # nothing quantized yet
@@ -268,20 +268,29 @@ class QuantizedKVCache(KVCache):
         qstart = np.array([sp.quantized_prefix(n + r + 1) for r in range(T)], np.int64)
         return KVRead(k_all, v_all, kq, vq, qstart)
 
+    def _dequantized(self, layer: int):
+        """The quantized positions of layer ``layer`` as attention reads them (keys rotated back when stored
+        before RoPE): ``(kq, vq)`` float32 ``[B, n_kv, qp, hd]``, or ``(None, None)``."""
+        kq, vq = self._kq[layer].read(), self._vq[layer].read()
+        if kq is not None and self.spec.pre_rope:
+            kq = self._rotate(kq, 0, False)
+        return kq, vq
+
     def update(self, layer: int, k, v):
         """Append; all positions as stored now (quantized ones dequantized): what a next token reads."""
-        self.append(layer, k, v)
-        return self.read(layer)
+        r = self.append(layer, k, v)
+        if r.kq is None:
+            return r.k, r.v
+        Q = r.kq.shape[2]
+        return np.concatenate([r.kq, r.k[:, :, Q:]], axis=2), np.concatenate([r.vq, r.v[:, :, Q:]], axis=2)
 
     def read(self, layer: int):
         """``(k, v)`` float32 ``[B, n_kv, S, hd]`` as stored: the quantized positions dequantized, the rest."""
         if self._kf[layer] is None:
             raise ValueError(f"layer {layer} holds no positions yet")
-        kq, vq = self._kq[layer].read(), self._vq[layer].read()
+        kq, vq = self._dequantized(layer)
         if kq is None:
             return self._kf[layer], self._vf[layer]
-        if self.spec.pre_rope:
-            kq = self._rotate(kq, 0, False)
         return np.concatenate([kq, self._kf[layer]], axis=2), np.concatenate([vq, self._vf[layer]], axis=2)
 
     @property

@@ -16,7 +16,7 @@ from minq.kvcache_model import KVQuantModel, spec_of
 from minq.kvcache_quant import KVSpec, QuantizedKVCache, fake_quantize_kv, kv_bytes
 from minq.models.llama import attention
 from minq.runtime.llama_fast import _attend_quantized
-from minq.testing import assert_close, assert_equal
+from minq.testing import assert_bound, assert_close, assert_equal
 
 SPECS = [KVSpec("int", 8, group=8), KVSpec("int", 4, group=16), KVSpec.kivi(2, group=4, window=6),
          KVSpec.kivi(4, group=8, window=0), KVSpec("e4m3", group=16), KVSpec("e5m2", key_axis="channel", group=4),
@@ -67,6 +67,20 @@ def test_torch_path_stores_the_same_values(axis, seed, spec):
 
     k = _qkv(seed, T=32)[1]
     assert_equal(fake_quantize_kv(torch.from_numpy(k), spec, axis).numpy(), fake_quantize_kv(k, spec, axis))
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([2, 4, 8]), scale=st.floats(-12, 12))
+def test_int_values_are_within_half_a_step_of_their_group(axis, seed, bits, scale):
+    k = _qkv(seed, T=32)[1] * np.float32(2.0**scale)
+    spec = KVSpec("int", bits, group=8)
+    k_hat = fake_quantize_kv(k, spec, axis)
+    g = k.reshape(2, 2, 32, 2, 8) if axis == "token" else k.reshape(2, 2, 4, 8, 16).swapaxes(-1, -2)
+    lo, hi = g.min(-1, keepdims=True), g.max(-1, keepdims=True)
+    s = ((hi - lo + 2.0**-10 * np.abs(lo)) * (1 + 2.0**-10) / (2**bits - 1) + 2.0**-14).astype(np.float64)
+    s = np.broadcast_to(s, g.shape)
+    s = s.reshape(2, 2, 32, 16) if axis == "token" else s.swapaxes(-1, -2).reshape(2, 2, 32, 16)
+    assert_bound(np.abs(k_hat - k), s / 2 + 2.0**-22 * np.abs(k), name=f"int{bits} {axis}")
 
 
 def test_torch_path_on_every_device(device):
