@@ -70,7 +70,7 @@ def test_torch_path_stores_the_same_values(axis, seed, spec):
 
 
 @pytest.mark.parametrize("axis", ["token", "channel"])
-@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([2, 4, 8]), scale=st.floats(-12, 12))
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([2, 4, 8]), scale=st.floats(-12, 8))  # float16 range
 def test_int_values_are_within_half_a_step_of_their_group(axis, seed, bits, scale):
     k = _qkv(seed, T=32)[1] * np.float32(2.0**scale)
     spec = KVSpec("int", bits, group=8)
