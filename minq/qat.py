@@ -26,9 +26,11 @@ forward *calls* chapter 02's ``fake_quantize``; only the backward is custom (a `
 
 LSQ itself has ``beta = 0``. **LSQ+** (Bhalgat et al. 2020, arXiv:2004.09576) adds a learnable offset
 ``beta`` per group for asymmetric ranges: ``dW_hat/dbeta = 0 inside, 1 outside``. Initialisation here:
-``beta`` = the group's mid-range (0 for LSQ) and ``s`` = chapter 03's symmetric min-max scale of ``W - beta``
-(``max|W - beta| / Q_P`` rounded up to float16), so at step 0 LSQ's forward *is* symmetric RTN, bit for
-bit (LSQ's own init ``2 mean|W| / sqrt(Q_P)`` is ``init="lsq"``). ``convert`` gives chapter 03's
+chapter 03's min-max grid, so training starts from RTN: LSQ takes the symmetric scale ``s`` (``max|W| /
+Q_P`` rounded up to float16; ``beta = 0``) and its step-0 forward *is* symmetric RTN, bit for bit; LSQ+
+takes the asymmetric ``s, z`` and ``beta = s (Q_N - z)`` (code ``q = v_bar + Q_N`` then means chapter 03's
+``q``), so its step-0 forward is asymmetric RTN within float32 rounding. (LSQ's own init, ``2 mean|W -
+beta| / sqrt(Q_P)`` with ``beta`` the mid-range, is ``init="lsq"``.) ``convert`` gives chapter 03's
 ``GroupedAffine``: exactly for STE and LSQ; for LSQ+ ``s v_bar + beta`` becomes ``s (q - z)`` with a float
 zero point ``z = Q_N - beta / s``, equal within float32 rounding (not bit for bit).
 
@@ -51,7 +53,8 @@ from minq.groups import GroupedAffine, quantize_groups
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["fake_quantize", "LSQQuantizer", "QATLinear", "prepare_qat", "convert", "STE", "METHODS"]
+__all__ = ["fake_quantize", "fake_quantize_act", "LSQQuantizer", "QATLinear", "prepare_qat", "convert", "STE",
+           "METHODS"]
 
 STE = ("plain", "clipped")
 METHODS = ("ste", "lsq")
@@ -120,6 +123,33 @@ def fake_quantize(W, *, bits: int, group_size=-1, symmetric: bool = False, ste: 
     return _StraightThrough.apply(W, qp, group_size, ste == "clipped")
 
 
+class _ActInt8(torch.autograd.Function):
+    """Per-token symmetric int8 of ``X [..., in]``, as chapter 04's ``Int8Activations("dynamic")``; STE backward."""
+
+    @staticmethod
+    def forward(ctx, X):
+        Xf = X.detach().float()
+        amax = Xf.abs().amax(-1, keepdim=True)                              # [..., 1]
+        sx = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))    # float32, as w8a8's numpy scales
+        return (torch.clamp(torch.round(Xf / sx), -128, 127) * sx).to(X.dtype)
+
+    @staticmethod
+    def backward(ctx, dX_hat):
+        return dX_hat
+
+
+def fake_quantize_act(X):
+    """``X_hat``: the linear input ``X [..., in]`` quantized to int8 per token (``sx = max|X_t| / 127``) and
+    back, equal bit for bit to ``minq.w8a8.Int8Activations("dynamic").fake_quantize`` on float32; the
+    backward is the straight-through identity. ``|X_hat - X| <= sx / 2`` elementwise where ``sx`` is a
+    normal float32 (a row whose max is below ``127 * 2^-126`` may flush to 0). ValueError for a
+    non-finite ``X`` (int8 cannot hold it)."""
+    check_float_array(X, "X")
+    if X.ndim < 1 or X.shape[-1] == 0:
+        raise ValueError(f"X must have a non-empty last axis (the linear's input features), got shape {tuple(X.shape)}")
+    return _ActInt8.apply(X)
+
+
 class _LSQ(torch.autograd.Function):
     """``W_hat = s v_bar + beta`` with LSQ's gradients for W, s and beta (``beta`` None for LSQ)."""
 
@@ -166,11 +196,13 @@ class LSQQuantizer(nn.Module):
         self.Q_N, self.Q_P = 2 ** (bits - 1), 2 ** (bits - 1) - 1
         Wg, axis = _grouped(W.detach().float(), group_size)               # [out, G, g]
         red = (0, 1, 2) if axis is None else -1                            # per tensor: one step for all
-        lo, hi = Wg.amin(red, keepdim=True), Wg.amax(red, keepdim=True)  # [out, G, 1] (or [1, 1, 1])
-        beta = (lo + hi) / 2 if offset else lo * 0                         # the mid-range, or 0 (LSQ)
-        if init == "minmax":
-            s = affine.choose_qparams(Wg - beta, bits=bits, symmetric=True, axis=axis, scale_dtype="float16").s
+        if init == "minmax":                # chapter 03's grid: symmetric (LSQ), or asymmetric (LSQ+), where
+            qp = affine.choose_qparams(Wg, bits=bits, symmetric=not offset, axis=axis, scale_dtype="float16")
+            s = qp.s.float()                                               # [out, G, 1] (or [1, 1, 1])
+            beta = s * (self.Q_N - qp.z.float()) if offset else torch.zeros_like(s)   # beta = s (Q_N - z)
         else:
+            lo, hi = Wg.amin(red, keepdim=True), Wg.amax(red, keepdim=True)
+            beta = (lo + hi) / 2 if offset else torch.zeros_like(lo)       # the mid-range, or 0 (LSQ)
             s = 2 * (Wg - beta).abs().mean(red, keepdim=True) / math.sqrt(self.Q_P)
         s = s.float().clamp(min=float(np.finfo(np.float32).tiny))[..., 0]  # [out, G, 1] -> [out, G]
         self.s = nn.Parameter(s.clone())
@@ -200,11 +232,12 @@ class QATLinear(nn.Module):
 
     method: ``"ste"`` (chapter 03's min-max grid every step, ``symmetric`` and ``ste`` as in
     ``fake_quantize``) or ``"lsq"`` (an ``LSQQuantizer``; ``offset=True`` for LSQ+). The weight and
-    bias are the linear's own Parameters.
+    bias are the linear's own Parameters. ``act_int8``: the input is fake-quantized too, int8 per token
+    (``fake_quantize_act``; W4A8 as chapter 04's ``w8a8-dynamic`` runs it: ``y = X_hat W_hat^T + b``).
     """
 
     def __init__(self, linear, *, bits: int, group_size=-1, method: str = "ste", symmetric: bool = False,
-                 ste: str = "plain", offset: bool = False):
+                 ste: str = "plain", offset: bool = False, act_int8: bool = False):
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -212,7 +245,7 @@ class QATLinear(nn.Module):
         check_choice(ste, "ste", STE)
         self.weight, self.bias = linear.weight, linear.bias
         self.bits, self.group_size, self.method = check_bits(bits), group_size, method
-        self.symmetric, self.ste = symmetric, ste
+        self.symmetric, self.ste, self.act_int8 = symmetric, ste, bool(act_int8)
         check_group_size(group_size, self.weight.shape[1])
         self.quantizer = LSQQuantizer(self.weight, bits=bits, group_size=group_size, offset=offset) \
             if method == "lsq" else None
@@ -225,6 +258,7 @@ class QATLinear(nn.Module):
                              symmetric=self.symmetric, ste=self.ste)
 
     def forward(self, x):
+        x = fake_quantize_act(x) if self.act_int8 else x
         return nn.functional.linear(x, self.weight_hat().to(x.dtype), self.bias)
 
     def to_grouped(self) -> GroupedAffine:
@@ -237,7 +271,7 @@ class QATLinear(nn.Module):
 
 def prepare_qat(model, *, bits: int, group_size=-1, method: str = "ste", **kwargs):
     """A copy of the torch module ``model`` with every ``nn.Linear`` replaced by a ``QATLinear``
-    (``model`` is left unchanged). ``kwargs``: ``symmetric``, ``ste``, ``offset`` of ``QATLinear``."""
+    (``model`` is left unchanged). ``kwargs``: ``symmetric``, ``ste``, ``offset``, ``act_int8`` of ``QATLinear``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_bits(bits)

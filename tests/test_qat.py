@@ -239,6 +239,24 @@ def test_lsq_at_init_is_symmetric_rtn_and_converts_exactly(cfg, device):
     assert_equal(c.dequantize(), W_hat)
 
 
+@_with_fixture
+@given(cfg=configs())
+def test_lsq_plus_at_init_is_asymmetric_rtn(cfg, device):
+    """LSQ+ starts on chapter 03's asymmetric grid (beta = s (Q_N - z)): the codes are RTN's except where
+    (W - beta) / s lands within float32 rounding of a tie (then a neighbour), the values equal RTN's
+    within float32 rounding wherever the codes agree."""
+    W, gs, bits, _ = cfg
+    bits = max(bits, 2)
+    Wt = torch.tensor(W, device=device)
+    c = qat.LSQQuantizer(Wt, bits=bits, group_size=gs, offset=True).to_grouped(Wt)
+    rtn = quantize_groups(W, bits=bits, group_size=gs, symmetric=False)
+    q, q_rtn = c.codes.astype(int), rtn.codes.astype(int)
+    assert np.abs(q - q_rtn).max() <= 1 and (q == q_rtn).mean() >= 0.99
+    same = q == q_rtn
+    R = rtn.dequantize()
+    assert np.allclose(c.dequantize()[same], R[same], rtol=1e-5, atol=1e-5 * np.abs(R).max())
+
+
 def test_lsq_init_lsq_formula():
     W = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
     lsq = qat.LSQQuantizer(W, bits=4, group_size=4, init="lsq")
