@@ -30,6 +30,12 @@ quantized, the recent window and the token itself as the scheme says). Chunked p
 attends to its own keys in float, would hide most of the error. tests/test_kvcache.py compares the
 forward with a literal decode loop.
 
+KL divergence to the float model (``kl_divergence``, as llama.cpp's ``perplexity --kl-divergence``):
+the mean over the same predicted positions of ``KL(p_ref || p) = sum_v p_ref(v) (log p_ref(v) - log p(v))``,
+in nats. It is 0 only when the quantized model predicts exactly the reference's distribution, so it
+measures the quantization gap alone, where perplexity can even *improve* under quantization noise on a
+small model that overfits its training text (chapter 05's tiny model does).
+
 Embedding fidelity (``embedding_fidelity``) compares sentence embeddings of a quantized encoder with
 the reference one: per-sentence cosine similarity, and whether each sentence's nearest neighbour
 among the others stays the same.
@@ -40,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["nll", "perplexity", "token_nll", "embedding_fidelity"]
+__all__ = ["nll", "perplexity", "token_nll", "kl_divergence", "embedding_fidelity"]
 
 
 def token_nll(logits, targets) -> np.ndarray:
@@ -149,6 +155,43 @@ def perplexity(model, text_or_ids, window: int = 512, *, max_tokens: int | None 
     if mean > np.log(np.finfo(np.float64).max):
         raise ValueError(f"model's mean NLL is {mean:.1f} nats: the perplexity exp({mean:.1f}) overflows float64")
     return float(np.exp(mean))
+
+
+def _log_softmax(z):
+    """float64 ``log softmax`` along the last axis (the max subtracted before exp)."""
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def kl_divergence(model_ref, model, ids, window: int = 512, *, batch_size: int = 4, progress: bool = False) -> float:
+    """Mean ``KL(p_ref || p)`` (nats, >= 0) of ``model``'s next-token distributions from ``model_ref``'s
+    over the predicted positions of ``ids [T]``, windows as ``nll`` (module docstring).
+
+    Raises ValueError when the two models' vocabularies differ, for the arguments ``nll`` refuses (naming
+    ``window``, ``ids``, ``batch_size``), and naming ``model`` when either model's logits are not finite.
+    """
+    if model_ref.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"model_ref and model must share a vocabulary, got {model_ref.config.vocab_size} "
+                         f"and {model.config.vocab_size} tokens")
+    window = min(_check_window(model_ref, window), _check_window(model, window))
+    ids = _check_ids(model, ids)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    n = ids.size // window
+    if n == 0:
+        raise ValueError(f"ids has {ids.size} tokens, fewer than one window of {window}")
+    W = ids[: n * window].reshape(n, window)                                # [n, window]
+    total = 0.0
+    for a in tqdm(range(0, n, batch_size), desc="KL divergence", unit="batch", disable=not progress):
+        batch = W[a:a + batch_size]
+        for lr, lq in zip(model_ref.logits(batch), model.logits(batch)):     # [window, V] each
+            p_log, q_log = _log_softmax(lr[:-1]), _log_softmax(lq[:-1])     # the positions that predict
+            kl = (np.exp(p_log) * (p_log - q_log)).sum(-1)                  # [window - 1]
+            if not np.isfinite(kl).all():
+                raise ValueError("model or model_ref returned NaN or Inf logits: the KL divergence is undefined")
+            total += kl.sum()
+    return max(0.0, total / (n * (window - 1)))
 
 
 def embedding_fidelity(model_ref, model_q, sentences) -> dict:

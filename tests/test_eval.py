@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minq import data
-from minq.eval import embedding_fidelity, nll, perplexity, token_nll
+from minq.eval import embedding_fidelity, kl_divergence, nll, perplexity, token_nll
 
 # sha256 of the shipped text files (minq/data/README.md records the same values)
 SHA256 = {
@@ -174,6 +174,39 @@ class FakeEmbedder:
 
     def embed(self, texts):
         return np.stack([self.table[t] for t in texts])
+
+
+def test_kl_divergence_zero_for_itself_and_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    ref, other = FakeModel(seed=0), FakeModel(seed=1)
+    ids = rng.integers(0, 50, size=70)
+    assert kl_divergence(ref, ref, ids, window=16) == 0.0
+    got = kl_divergence(ref, other, ids, window=16, batch_size=3)
+    W = ids[:64].reshape(4, 16)
+    p = torch.log_softmax(torch.from_numpy(ref.logits(W)[:, :-1].astype(np.float64)), -1)
+    q = torch.log_softmax(torch.from_numpy(other.logits(W)[:, :-1].astype(np.float64)), -1)
+    want = torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum").item() / (4 * 15)
+    assert got == pytest.approx(want, rel=1e-12) and got > 0
+    uniform = FakeModel(kind="uniform")                                # KL(uniform || p) = -log V - mean log p
+    z = torch.from_numpy(ref.logits((np.arange(32) % 50).reshape(2, 16))[:, :-1].astype(np.float64))
+    want_u = (-np.log(50) - torch.log_softmax(z, -1).mean(-1)).mean().item()
+    assert kl_divergence(uniform, ref, np.arange(32) % 50, window=16) == pytest.approx(want_u, rel=1e-12)
+
+
+def test_kl_divergence_bad_inputs():
+    ref = FakeModel()
+    with pytest.raises(ValueError, match="vocabulary"):
+        kl_divergence(ref, FakeModel(V=51), np.arange(40) % 50, window=16)
+    with pytest.raises(ValueError, match="window"):
+        kl_divergence(ref, FakeModel(seed=1), np.arange(40) % 50, window=1)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        kl_divergence(ref, FakeModel(seed=1), np.arange(10), window=16)
+    with pytest.raises(ValueError, match="batch_size"):
+        kl_divergence(ref, FakeModel(seed=1), np.arange(40) % 50, window=16, batch_size=0)
+    bad = FakeModel(seed=1)
+    bad.table[:] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        kl_divergence(ref, bad, np.arange(40) % 50, window=16)
 
 
 def test_embedding_fidelity_known_values():
