@@ -36,7 +36,7 @@ OUT = Path(__file__).resolve().parents[1] / "minq" / "data" / "tiny_llama.npz"
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=180)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -20,12 +20,17 @@ calibration and evaluation texts, plus id 0 ``<|endoftext|>``, which stands for 
 unknown token, so its perplexity is over real tokens. Stored in float16 (``save_checkpoint``) the
 default model is 2.4 M parameters, < 5 MB.
 
-    net, losses = train_tiny(TinyConfig(vocab_size=V), ids, steps=180, seed=0)      # ids: int64 [N]
+    net, tok = load_tiny()                             # the shipped checkpoint and its VocabTokenizer
+    net, losses = train_tiny(TinyConfig(vocab_size=V), ids, steps=600, seed=0)      # ids: int64 [N]
     save_checkpoint("tiny.npz", net, vocab)                                       # atomic, float16
     net, vocab = load_checkpoint("tiny.npz")                                      # ValueError if corrupt
     model = to_numpy_llama(net, tokenizer=VocabTokenizer(smollm2_tokenizer(), vocab))   # a LlamaModel
 
-``scripts/train_tiny.py`` trains and writes the shipped checkpoint. Torch is required.
+``scripts/train_tiny.py`` trains and writes the shipped checkpoint, ``minq/data/tiny_llama.npz`` (600
+steps, 8 min on one thread; evaluation perplexity 297 over the 12,704-token vocabulary: a small model on
+204k training tokens, which it overfits, so held-out perplexity is a weak signal for it; chapter 05
+measures quantization by the KL divergence to the float model, ``minq.eval.kl_divergence``). Torch is
+required.
 Notebook: ``notebooks/05_qat.ipynb`` (quantization-aware training of this model).
 """
 
@@ -47,7 +52,9 @@ torch = require_torch()
 nn, F = torch.nn, torch.nn.functional
 
 __all__ = ["TinyConfig", "TinyLlama", "train_tiny", "to_numpy_llama", "save_checkpoint", "load_checkpoint",
-           "VocabTokenizer", "build_vocab", "smollm2_tokenizer"]
+           "VocabTokenizer", "build_vocab", "smollm2_tokenizer", "load_tiny", "SHIPPED"]
+
+SHIPPED = "tiny_llama.npz"       # the trained checkpoint, package data of minq.data (scripts/train_tiny.py)
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def to_numpy_llama(net: TinyLlama, *, tokenizer=None) -> LlamaModel:
     return LlamaModel(c.llama(), weights, norms, A["token_embd"], tokenizer=tokenizer)
 
 
-def train_tiny(config: TinyConfig, ids, *, steps: int = 180, seed: int = 0, seq_len: int = 256, batch: int = 8,
+def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_len: int = 256, batch: int = 8,
                lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.1, log_every: int = 0):
     """Train a ``TinyLlama(config)`` from scratch on the token stream ``ids`` (int64 ``[N]``, ids < vocab).
 
@@ -263,6 +270,16 @@ def load_checkpoint(path):
     except Exception as e:
         raise ValueError(f"{path} is not a valid tiny Llama checkpoint (truncated or corrupt?): "
                          f"{type(e).__name__}: {e}") from e
+
+
+def load_tiny():
+    """``(net, tokenizer)``: the shipped trained model (``minq/data/tiny_llama.npz``, float32 in eval mode)
+    and its ``VocabTokenizer`` over SmolLM2's tokenizer (which needs the SmolLM2 asset: ``minq fetch``)."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("minq.data") / SHIPPED) as path:
+        net, vocab = load_checkpoint(path)
+    return net.eval(), VocabTokenizer(smollm2_tokenizer(), vocab)
 
 
 # --- the vocabulary -----------------------------------------------------------------------------------------

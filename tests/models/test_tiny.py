@@ -180,3 +180,22 @@ def test_vocab_tokenizer():
         tok.decode([vocab.size])
     with pytest.raises(ValueError, match="strictly increasing"):
         VocabTokenizer(_Base(), [5, 3])
+
+
+def test_the_shipped_checkpoint():
+    """minq/data/tiny_llama.npz: its vocabulary is build_vocab's, torch and both NumPy engines agree on
+    real text within 1e-4, and it has learned (evaluation perplexity far below the uniform 12,704)."""
+    from minq.data import eval_tokens
+    from minq.eval import perplexity
+    from minq.models.tiny import build_vocab, load_tiny, smollm2_tokenizer
+
+    net, tok = load_tiny()
+    assert not net.training and net.config == TinyConfig() and tok.vocab_size == net.config.vocab_size
+    assert np.array_equal(tok.vocab, build_vocab(smollm2_tokenizer()))
+    assert sum(p.numel() for p in net.parameters()) < 2.5e6
+    ids = eval_tokens(tok, max_tokens=1024)
+    ref = torch_logits(net, ids[None, :256])
+    model = to_numpy_llama(net, tokenizer=tok)
+    for engine in ("reference", "fast"):
+        assert np.abs(model.logits(ids[None, :256], engine=engine) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    assert perplexity(model, ids, 512, progress=False) < 500
