@@ -36,6 +36,8 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(4, "post-training quantization",
             ("minq/observers.py", "minq/ptq.py", "minq/w8a8.py", "minq/smoothquant.py", "minq/folding.py"),
             "notebooks/04_ptq.ipynb", methods=("minq.ptq", "minq.w8a8", "minq.smoothquant")),
+    Chapter(5, "quantization-aware training", ("minq/qat.py", "minq/qat_llama.py", "minq/models/tiny.py"),
+            "notebooks/05_qat.ipynb"),
     Chapter(6, "GPTQ", ("minq/gptq.py", "minq/gptq_model.py"), "notebooks/06_gptq.ipynb",
             methods=("minq.gptq_model",)),
     Chapter(7, "AWQ", ("minq/awq.py", "minq/awq_model.py", "minq/folding.py"), "notebooks/07_awq.ipynb",

@@ -130,7 +130,8 @@ class _ActInt8(torch.autograd.Function):
     def forward(ctx, X):
         Xf = X.detach().float()
         amax = Xf.abs().amax(-1, keepdim=True)                              # [..., 1]
-        sx = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))    # float32, as w8a8's numpy scales
+        sx = torch.clamp(amax / 127.0, min=float(np.finfo(np.float32).tiny))   # float32, as w8a8's numpy scales
+        sx = torch.where(amax > 0, sx, torch.ones_like(amax))
         return (torch.clamp(torch.round(Xf / sx), -128, 127) * sx).to(X.dtype)
 
     @staticmethod
@@ -139,11 +140,9 @@ class _ActInt8(torch.autograd.Function):
 
 
 def fake_quantize_act(X):
-    """``X_hat``: the linear input ``X [..., in]`` quantized to int8 per token (``sx = max|X_t| / 127``) and
-    back, equal bit for bit to ``minq.w8a8.Int8Activations("dynamic").fake_quantize`` on float32; the
-    backward is the straight-through identity. ``|X_hat - X| <= sx / 2`` elementwise where ``sx`` is a
-    normal float32 (a row whose max is below ``127 * 2^-126`` may flush to 0). ValueError for a
-    non-finite ``X`` (int8 cannot hold it)."""
+    """``X_hat``: the linear input ``X [..., in]`` quantized to int8 per token and back (``sx = max(max|X_t| /
+    127, 2^-126)``), equal bit for bit to ``minq.w8a8.Int8Activations("dynamic").fake_quantize`` on float32;
+    the backward is the straight-through identity. ``|X_hat - X| <= sx / 2`` elementwise. ValueError for a non-finite ``X`` (int8 cannot hold it)."""
     check_float_array(X, "X")
     if X.ndim < 1 or X.shape[-1] == 0:
         raise ValueError(f"X must have a non-empty last axis (the linear's input features), got shape {tuple(X.shape)}")

@@ -48,7 +48,7 @@ from minq._backend import require_torch
 from minq._checks import check_bits, check_choice
 from minq.models.llama import LlamaModel, rope_tables
 from minq.models.tiny import TinyConfig, TinyLlama, _Block
-from minq.qat import QATLinear, convert, prepare_qat
+from minq.qat import LSQQuantizer, QATLinear, convert, prepare_qat
 
 torch = require_torch()
 nn, F = torch.nn, torch.nn.functional
@@ -81,14 +81,27 @@ def _optimizer(net, lr, lr_quant, steps):
     return opt, sched
 
 
+def _step(opt, sched, net):
+    """One optimizer step; LSQ steps that Adam pushed to <= 0 are held at the smallest normal float32 (a
+    step's update is ~lr whatever its size, so a rate too large for a small step would make it negative)."""
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, LSQQuantizer):
+                m.s.clamp_(min=float(np.finfo(np.float32).tiny))
+
+
 def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str = "lsq", steps: int = 150,
-                 lr: float = 1e-3, lr_quant: float | None = None, loss: str = "kd", seq_len: int = 256,
+                 lr: float = 1e-4, lr_quant: float | None = None, loss: str = "kd", seq_len: int = 256,
                  batch: int = 8, seed: int = 0, progress: bool = True, **qat_kwargs):
     """Quantization-aware fine-tuning of the trained float ``net`` (left unchanged) on the token stream ``ids``.
 
     Every linear becomes a ``QATLinear(bits, group_size, method, **qat_kwargs)`` (``offset``, ``ste``,
     ``symmetric``, ``act_int8``); then ``steps`` steps of Adam (``lr`` for weights, ``lr_quant`` for LSQ's
-    steps, default ``lr``; cosine decay to 0; gradients clipped to norm 1) on ``batch`` random windows of
+    steps and offsets, default ``lr / 10``; cosine decay to 0; gradients clipped to norm 1; Adam moves
+    every parameter by about its rate per step, so rates must be small against the grid's step ``s``:
+    ~1e-4 for 4-bit weights of size ~0.05, more at fewer bits) on ``batch`` random windows of
     ``seq_len + 1`` tokens (starts from ``np.random.default_rng(seed)``), loss ``"kd"`` or ``"ce"`` (module
     docstring). ``steps=0`` is post-training quantization with the same grid (RTN for ``"ste"``).
     Returns ``(qnet, losses [steps])``: ``qnet`` is a TinyLlama of QATLinear layers (``quantized_llama``
@@ -98,7 +111,7 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
         raise TypeError(f"net must be a minq.models.tiny.TinyLlama, got {type(net).__name__}")
     check_choice(loss, "loss", LOSSES)
     steps, lr = _check_steps(steps), _check_lr(lr)
-    lr_quant = lr if lr_quant is None else _check_lr(lr_quant, "lr_quant")
+    lr_quant = lr / 10 if lr_quant is None else _check_lr(lr_quant, "lr_quant")
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size < seq_len + 2:
         raise ValueError(f"ids must be a 1-D integer token stream of > seq_len + 1 = {seq_len + 1} tokens, "
@@ -127,8 +140,7 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
         opt.zero_grad(set_to_none=True)
         value.backward()
         nn.utils.clip_grad_norm_(qnet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _step(opt, sched, qnet)
         losses[t] = value.item()
     return qnet.eval(), losses
 
@@ -220,8 +232,7 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
             value = F.mse_loss(qblock(x_q[j], cos, sin), y[j])
             opt.zero_grad(set_to_none=True)
             value.backward()
-            opt.step()
-            sched.step()
+            _step(opt, sched, qblock)
         x_q, x_fp = run(qblock, x_q), y
         log.append({"block": i, "mse_before": mse_before, "mse_after": F.mse_loss(x_q, y).item()})
         for name, W in convert(qblock).items():

@@ -11,6 +11,7 @@ Weights: int8 symmetric per output channel (``sw [out, 1]``, ``GroupedAffine``).
 
     "static"    one sx per tensor, fixed from calibration (an observer: min-max by default)   w8a8
     "dynamic"   one sx per token, sx_t = max_j |X_tj| / 127, computed at run time          w8a8-dynamic
+                (at least 2^-126, so a row of subnormal values keeps a usable scale)
     "outlier"   LLM.int8 (Dettmers et al., 2022): the input columns with any |X_tj| >= threshold  llmint8
                 (6.0) in the token batch stay float; the rest are int8 per token (outliers excluded
                 from the row absmax). Weights stay int8 in every column, as bitsandbytes does in
@@ -45,6 +46,8 @@ from minq.calibration import calibrate, check_calibration
 from minq.groups import GroupedAffine, quantize_groups
 from minq.observers import make_observer
 from minq.registry import Scheme, register_family
+
+_F32_TINY = np.float32(np.finfo(np.float32).tiny)  # 2^-126: amax / 127 of a subnormal row would flush to 0
 
 __all__ = ["Int8Activations", "int8_matmul", "int8_weight", "ActQuantModel", "quantize_w8a8",
            "quantize_int8_weights", "MODES"]
@@ -100,7 +103,8 @@ class Int8Activations:
         amax = A.max(axis=1, keepdims=True)                                 # [tokens, 1]
         if not np.isfinite(amax).all():       # an Inf or NaN activation: no scale can hold it
             raise ValueError("X contains NaN or Inf (an activation overflowed float32?): int8 cannot hold it")
-        return np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32), cols
+        sx = np.maximum(amax / np.float32(127), _F32_TINY)             # a normal scale: no 0 / 0 for tiny rows
+        return np.where(amax > 0, sx, np.float32(1)).astype(np.float32), cols
 
     def quantize(self, X):
         """``(Xq int8 [tokens, in], sx, cols)``; the outlier columns of ``Xq`` are 0."""
