@@ -121,7 +121,7 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
     if not 2 <= seq_len <= net.config.context_length:
         raise ValueError(f"seq_len must be in [2, context_length={net.config.context_length}], got {seq_len}")
     qnet = prepare_qat(net, bits=bits, group_size=group_size, method=method, **qat_kwargs)
-    teacher = net.eval()
+    teacher, device = net.eval(), next(net.parameters()).device                # train where net lives (CPU, CUDA)
     opt, sched = _optimizer(qnet, lr, lr_quant, steps)
     rng, stream = np.random.default_rng(seed), torch.from_numpy(ids.astype(np.int64))
     offsets, losses = torch.arange(seq_len + 1), np.empty(steps)
@@ -129,7 +129,7 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
 
     qnet.train()
     for t in tqdm(range(steps), desc=f"QAT {method} W{bits}", disable=not progress, leave=False):
-        w = stream[torch.from_numpy(rng.integers(0, ids.size - seq_len, size=batch))[:, None] + offsets]
+        w = stream[torch.from_numpy(rng.integers(0, ids.size - seq_len, size=batch))[:, None] + offsets].to(device)
         logits = qnet(w[:, :-1]).flatten(0, 1)                                 # [batch * seq_len, vocab]
         if loss == "ce":
             value = F.cross_entropy(logits, w[:, 1:].flatten())
@@ -184,12 +184,15 @@ def torch_block(model: LlamaModel, i: int):
     return block.requires_grad_(False)
 
 
-def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: str = "lsq", steps: int = 100,
-                  lr: float = 1e-5, lr_quant: float = 1e-4, batch: int = 4, progress: bool = True, **qat_kwargs):
+def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: str = "lsq", steps: int = 200,
+                  lr: float = 2e-4, lr_quant: float = 1e-3, batch: int = 4, device=None, progress: bool = True,
+                  **qat_kwargs):
     """Block-wise QAT of ``model`` (left unchanged; its weights dequantized as the float reference) on the
     calibration windows ``ids`` int ``[n, T]`` (module docstring). Per block, ``steps`` steps of Adam on
     ``batch`` windows drawn in order from a seeded permutation (``lr`` weights, ``lr_quant`` LSQ steps and
-    offsets; cosine decay). ``steps=0``: RTN on the method's grid, block by block.
+    offsets; cosine decay; the defaults are those of ``benchmarks/bench_qat.py`` on SmolLM2). ``steps=0``:
+    RTN on the method's grid, block by block. ``device``: where the blocks train (a torch device, default
+    CPU); the activations of all windows stay there too (``3 n T d`` float32).
 
     Returns ``(quantized model, log)``: the model with ``GroupedAffine`` weights (an ``ActQuantModel`` for
     ``act_int8``) and ``log`` a list of ``{"block", "mse_before", "mse_after"}`` (the block's output MSE on
@@ -207,9 +210,10 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
         raise ValueError(f"batch must be an int in [1, n={ids.shape[0]}], got {batch!r}")
     from tqdm.auto import tqdm
 
-    x_fp = torch.from_numpy(model.embed(ids))                                   # [n, T, d]
+    device = torch.device("cpu" if device is None else device)
+    x_fp = torch.from_numpy(model.embed(ids)).to(device)                        # [n, T, d]
     x_q = x_fp.clone()
-    cos, sin = (torch.from_numpy(np.asarray(a, np.float32))
+    cos, sin = (torch.from_numpy(np.asarray(a, np.float32)).to(device)
                 for a in rope_tables(np.arange(ids.shape[1]), model.config.head_dim, model.config.rope_theta))
     rng, new, log, act = np.random.default_rng(0), {}, [], []
 
@@ -218,7 +222,7 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
             return torch.cat([f(x[j:j + batch], cos, sin) for j in range(0, len(x), batch)])
 
     for i in tqdm(range(model.config.n_layers), desc=f"block-wise QAT W{bits}", disable=not progress):
-        block = torch_block(model, i)
+        block = torch_block(model, i).to(device)
         y = run(block, x_fp)                                                    # the target
         qblock = prepare_qat(block, bits=bits, group_size=group_size, method=method, **qat_kwargs)
         for m in qblock.modules():
@@ -228,7 +232,7 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
         mse_before = F.mse_loss(run(qblock, x_q), y).item()
         order = np.concatenate([rng.permutation(len(x_q)) for _ in range(steps * batch // len(x_q) + 1)])
         for t in range(steps):
-            j = torch.from_numpy(order[t * batch:(t + 1) * batch])
+            j = torch.from_numpy(order[t * batch:(t + 1) * batch]).to(device)
             value = F.mse_loss(qblock(x_q[j], cos, sin), y[j])
             opt.zero_grad(set_to_none=True)
             value.backward()

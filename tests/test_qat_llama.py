@@ -73,20 +73,22 @@ def test_fake_quantize_act_straight_through_and_bad_inputs():
 @pytest.mark.parametrize("kw", [dict(method="ste"), dict(method="ste", ste="clipped", loss="ce"),
                                 dict(method="lsq"), dict(method="lsq", offset=True),
                                 dict(method="lsq", act_int8=True)])
-def test_finetune_converts_to_the_same_model(kw):
-    """After training, the converted NumPy model (real codes) gives the fake-quantized torch logits."""
-    net = random_net()
+def test_finetune_converts_to_the_same_model(kw, device):
+    """After training (on every device present), the converted NumPy model (real codes) gives the
+    fake-quantized torch logits."""
+    net = random_net().to(device)
     qnet, losses = qat_finetune(net, stream(), bits=3, group_size=16, steps=4, seq_len=16, batch=4,
                                 lr=1e-2, progress=False, **kw)
     assert losses.shape == (4,) and np.isfinite(losses).all()
+    assert next(qnet.parameters()).device.type == device
     ids = np.random.default_rng(1).integers(0, MICRO.vocab_size, size=(2, 20))
     with torch.no_grad():
-        ref = qnet(torch.from_numpy(ids)).numpy()
+        ref = qnet(torch.from_numpy(ids).to(device)).cpu().numpy()
     model = quantized_llama(qnet)
     assert isinstance(model, ActQuantModel) == bool(kw.get("act_int8"))
     assert close(model.logits(ids), ref)
     for name in model.linear_names():                                    # the weights did train
-        assert not np.array_equal(model.weights[name].dequantize(), to_numpy_llama(net).weights[name].dequantize())
+        assert not np.array_equal(model.weights[name].dequantize(), to_numpy_llama(net.cpu()).weights[name].dequantize())
 
 
 def test_finetune_leaves_the_float_model_and_zero_steps_is_rtn():
@@ -168,9 +170,9 @@ def test_blockwise_zero_steps_is_rtn_and_training_lowers_every_block():
     assert set(q.weights) == set(model.weights) and q.norms.keys() == model.norms.keys()
 
 
-def test_blockwise_act_int8_and_bad_arguments():
+def test_blockwise_act_int8_on_each_device_and_bad_arguments(device):
     model = to_numpy_llama(random_net())
-    q, _ = qat_blockwise(model, calib(), bits=4, group_size=16, steps=2, act_int8=True, progress=False)
+    q, _ = qat_blockwise(model, calib(), bits=4, group_size=16, steps=2, act_int8=True, device=device, progress=False)
     assert isinstance(q, ActQuantModel) and set(q.act) == set(model.linear_names())
     ok = dict(bits=4, group_size=16, steps=1, progress=False)
     with pytest.raises(TypeError, match="model"):
