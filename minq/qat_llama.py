@@ -45,7 +45,7 @@ from dataclasses import asdict
 import numpy as np
 
 from minq._backend import require_torch
-from minq._checks import check_bits, check_choice
+from minq._checks import check_bits, check_choice, check_int
 from minq.models.llama import LlamaModel, rope_tables
 from minq.models.tiny import TinyConfig, TinyLlama, _Block
 from minq.qat import LSQQuantizer, QATLinear, convert, prepare_qat
@@ -56,12 +56,6 @@ nn, F = torch.nn, torch.nn.functional
 __all__ = ["qat_finetune", "quantized_llama", "torch_block", "qat_blockwise", "LOSSES"]
 
 LOSSES = ("kd", "ce")
-
-
-def _check_steps(steps, name="steps"):
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {steps!r}")
-    return int(steps)
 
 
 def _check_lr(lr, name="lr"):
@@ -110,7 +104,9 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
     if not isinstance(net, TinyLlama):
         raise TypeError(f"net must be a minq.models.tiny.TinyLlama, got {type(net).__name__}")
     check_choice(loss, "loss", LOSSES)
-    steps, lr = _check_steps(steps), _check_lr(lr)
+    steps, lr = check_int(steps, "steps", lo=0), _check_lr(lr)
+    batch, seed = check_int(batch, "batch", lo=1), check_int(seed, "seed", lo=0)
+    seq_len = check_int(seq_len, "seq_len", lo=2)
     lr_quant = lr / 10 if lr_quant is None else _check_lr(lr_quant, "lr_quant")
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size < seq_len + 2:
@@ -202,12 +198,11 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
         raise TypeError(f"model must be a minq LlamaModel, got {type(model).__name__}")
     check_bits(bits)
     check_choice(method, "method", ("ste", "lsq"))
-    steps, lr, lr_quant = _check_steps(steps), _check_lr(lr), _check_lr(lr_quant, "lr_quant")
+    steps, lr, lr_quant = check_int(steps, "steps", lo=0), _check_lr(lr), _check_lr(lr_quant, "lr_quant")
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] < 2 or ids.shape[0] < 1:
         raise ValueError(f"ids must be calibration windows int [n, T] with T >= 2, got shape {ids.shape}")
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= ids.shape[0]:
-        raise ValueError(f"batch must be an int in [1, n={ids.shape[0]}], got {batch!r}")
+    batch = check_int(batch, "batch", lo=1, hi=ids.shape[0])
     from tqdm.auto import tqdm
 
     device = torch.device("cpu" if device is None else device)

@@ -117,7 +117,7 @@ def test_finetune_bad_arguments():
     ok = dict(bits=4, group_size=16, seq_len=16, progress=False)
     with pytest.raises(TypeError, match="net"):
         qat_finetune(to_numpy_llama(net), stream(), **ok)
-    for bad, match in [(dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
+    for bad, match in [(dict(steps=-1), "steps"), (dict(batch=0), "batch"), (dict(seed=-1), "seed"), (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
                        (dict(lr_quant=-1.0), "lr_quant"), (dict(loss="mse"), "loss"), (dict(bits=9), "bits"),
                        (dict(group_size=12), "group"), (dict(method="pact"), "method"),
                        (dict(seq_len=65), "seq_len")]:
@@ -177,10 +177,12 @@ def test_blockwise_act_int8_on_each_device_and_bad_arguments(device):
     ok = dict(bits=4, group_size=16, steps=1, progress=False)
     with pytest.raises(TypeError, match="model"):
         qat_blockwise(random_net(), calib(), **ok)
-    for bad, match in [(dict(steps=1.5), "steps"), (dict(lr=-1.0), "lr"), (dict(batch=9), "batch"),
+    for bad, match in [(dict(steps=-1), "steps"), (dict(lr=-1.0), "lr"), (dict(batch=9), "batch"),
                        (dict(batch=0), "batch"), (dict(method="pact"), "method"), (dict(bits=0), "bits")]:
         with pytest.raises(ValueError, match=match):
             qat_blockwise(model, calib(), **{**ok, **bad})
+    with pytest.raises(TypeError, match="steps"):
+        qat_blockwise(model, calib(), **{**ok, "steps": 1.5})
     for ids in (calib()[0], calib(T=1), calib().astype(np.float64)):
         with pytest.raises(ValueError, match="ids"):
             qat_blockwise(model, ids, **ok)
