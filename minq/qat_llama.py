@@ -25,14 +25,15 @@ Feeding ``X_q`` (not ``X_fp``) lets each block correct the error the blocks befo
 sequential mode does; the target stays the float model's own activation. Only linear weights and
 quantizer parameters train (norms stay float and fixed), so the result is a ``model.with_weights(...)``.
 
-Both return minq's NumPy model with chapter 03's ``GroupedAffine`` weights (``minq.qat.convert``): the
+Both end as minq's NumPy model with chapter 03's ``GroupedAffine`` weights (``quantized_llama`` converts
+``qat_finetune``'s torch net; ``qat_blockwise`` returns the model; both via ``minq.qat.convert``): the
 fake-quantized torch forward and the real quantized NumPy forward give the same logits (within float32
 summation order; tests/test_qat_llama.py). ``act_int8=True`` trains W4A8 (int8 per-token inputs) and
 returns chapter 04's ``ActQuantModel`` with ``Int8Activations("dynamic")`` hooks.
 
     qnet, losses = qat_finetune(net, ids, bits=3, group_size=64, method="lsq", steps=150)
     model_q = quantized_llama(qnet, tokenizer=tok)                         # a LlamaModel
-    model_q, log = qat_blockwise(smollm2, calib_ids, bits=3, group_size=64, steps=100)
+    model_q, log = qat_blockwise(smollm2, calib_ids, bits=3, group_size=64, steps=200)     # calib_ids [n, T]
 
 Torch is required. Notebook: ``notebooks/05_qat.ipynb``; SmolLM2 numbers: ``benchmarks/bench_qat.py``.
 """
