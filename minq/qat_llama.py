@@ -193,7 +193,7 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
 
     Returns ``(quantized model, log)``: the model with ``GroupedAffine`` weights (an ``ActQuantModel`` for
     ``act_int8``) and ``log`` a list of ``{"block", "mse_before", "mse_after"}`` (the block's output MSE on
-    the calibration windows before and after training). ValueError for bad arguments, before training.
+    the first 16 calibration windows before and after training). ValueError for bad arguments, before training.
     """
     if not isinstance(model, LlamaModel):
         raise TypeError(f"model must be a minq LlamaModel, got {type(model).__name__}")
@@ -225,7 +225,8 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
             if isinstance(m, QATLinear):
                 m.weight.requires_grad_(True)
         opt, sched = _optimizer(qblock, lr, lr_quant, steps)
-        mse_before = F.mse_loss(run(qblock, x_q), y).item()
+        probe = slice(0, min(len(x_q), 16))                                     # the error, logged on 16 windows
+        mse_before = F.mse_loss(run(qblock, x_q[probe]), y[probe]).item()
         order = np.concatenate([rng.permutation(len(x_q)) for _ in range(steps * batch // len(x_q) + 1)])
         for t in range(steps):
             j = torch.from_numpy(order[t * batch:(t + 1) * batch]).to(device)
@@ -234,7 +235,7 @@ def qat_blockwise(model: LlamaModel, ids, *, bits: int, group_size=64, method: s
             value.backward()
             _step(opt, sched, qblock)
         x_q, x_fp = run(qblock, x_q), y
-        log.append({"block": i, "mse_before": mse_before, "mse_after": F.mse_loss(x_q, y).item()})
+        log.append({"block": i, "mse_before": mse_before, "mse_after": F.mse_loss(x_q[probe], y[probe]).item()})
         for name, W in convert(qblock).items():
             new[f"blk.{i}.{name}"] = W
         act += [f"blk.{i}.{n}" for n, m in qblock.named_modules() if isinstance(m, QATLinear) and m.act_int8]
