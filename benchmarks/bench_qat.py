@@ -2,6 +2,7 @@
 
     python benchmarks/bench_qat.py                        # W3 g64 and W2 g64 -> notebooks/data/qat_smollm2.json
     python benchmarks/bench_qat.py --bits 3 --steps 50    # a quicker look (not written unless --out)
+    python benchmarks/bench_qat.py --only baselines       # RTN and GPTQ alone (then --only qat: the budget run)
 
 Why block-wise (``minq.qat_llama.qat_blockwise``) and not end to end: a full backward through 30
 blocks and a 49,152-token head costs about 3x a forward of the whole model per step; on 2 cores that
@@ -56,9 +57,12 @@ def main(argv=None):
     p.add_argument("--eval-tokens", type=int, default=16384)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-gptq", action="store_true", help="skip the GPTQ baseline")
+    p.add_argument("--only", choices=("all", "baselines", "qat"), default="all",
+                   help="run part of it; the JSON keeps what an earlier run of the other part wrote")
     p.add_argument("--out", type=Path, default=None, help=f"JSON results (default {OUT} for the full run)")
     a = p.parse_args(argv)
     out_path = a.out or (OUT if (a.steps, a.windows, a.bits) == (200, 128, [3, 2]) else None)
+    old = json.loads(out_path.read_text()) if out_path is not None and out_path.exists() and a.only != "all" else {}
     torch.set_num_threads(a.threads)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(a.threads))
     load_before = os.getloadavg()
@@ -71,22 +75,29 @@ def main(argv=None):
     def ppl(m):
         return perplexity(m, ev, 512, progress=False)
 
-    t0 = time.perf_counter()
-    results = {"float": {"ppl": ppl(model), "seconds": 0.0}}
-    print(f"float  ppl {results['float']['ppl']:.3f}  (eval {time.perf_counter() - t0:.0f} s)", flush=True)
+    results = old.get("results", {})
+    if a.only != "qat" or "float" not in results:
+        t0 = time.perf_counter()
+        results["float"] = {"ppl": ppl(model), "seconds": 0.0}
+        print(f"float  ppl {results['float']['ppl']:.3f}  (eval {time.perf_counter() - t0:.0f} s)", flush=True)
     for bits in a.bits:
         name = f"w{bits}g{a.group}"
-        row = results[name] = {}
+        row = results.setdefault(name, {})
         for method in ("rtn",) + (() if a.no_gptq else ("gptq",)):
+            if a.only == "qat" and method in row:
+                continue
             t0 = time.perf_counter()
             q = minq.quantize(model, f"{method}-{name}")
-            row[method] = {"seconds": time.perf_counter() - t0, "ppl": ppl(q)}
+            row[method] = {"seconds": time.perf_counter() - t0, "ppl": ppl(q), "threads": a.threads,
+                           "load_before": os.getloadavg()[0]}
             print(f"{name} {method:8s} ppl {row[method]['ppl']:.3f}  ({row[method]['seconds']:.0f} s)", flush=True)
+        if a.only == "baselines":
+            continue
         t0 = time.perf_counter()
         q, log = qat_blockwise(model, calib, bits=bits, group_size=a.group, method="lsq", offset=True,
                                steps=a.steps, lr=a.lr, lr_quant=a.lr_quant)
         seconds = time.perf_counter() - t0
-        row["qat-lsq"] = {"seconds": seconds, "ppl": ppl(q), "blocks": log}
+        row["qat-lsq"] = {"seconds": seconds, "ppl": ppl(q), "blocks": log, "threads": a.threads}
         f, r = results["float"]["ppl"], row["rtn"]["ppl"]
         row["qat-lsq"]["recovered_vs_rtn"] = (r - row["qat-lsq"]["ppl"]) / (r - f)
         if "gptq" in row:
@@ -102,6 +113,8 @@ def main(argv=None):
                "windows": a.windows, "window_tokens": 256, "lr": a.lr, "lr_quant": a.lr_quant,
                "eval_tokens": int(ev.size), "threads": a.threads, "load_before": load_before[0],
                "load_after": load_after[0], "results": results}
+        if a.only == "baselines" and old:                      # the QAT run's own figures stay
+            doc.update({k: old[k] for k in ("threads", "load_before", "load_after") if k in old})
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_path) as tmp:
             Path(tmp).write_text(json.dumps(doc, indent=1))
