@@ -64,7 +64,6 @@ def main(argv=None):
     out_path = a.out or (OUT if (a.steps, a.windows, a.bits) == (200, 128, [3, 2]) else None)
     old = json.loads(out_path.read_text()) if out_path is not None and out_path.exists() and a.only != "all" else {}
     torch.set_num_threads(a.threads)
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(a.threads))
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
 

@@ -88,6 +88,19 @@ def _check_ids(model, ids) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+def _windows(model, ids, window, batch_size) -> np.ndarray:
+    """The checked ids cut into ``[n, window]`` non-overlapping windows (the partial tail dropped); ValueError
+    naming ``window``, ``ids`` or ``batch_size``, or when fewer than one window of tokens is given."""
+    window = _check_window(model, window)
+    ids = _check_ids(model, ids)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    n = ids.size // window
+    if n == 0:
+        raise ValueError(f"ids has {ids.size} tokens, fewer than one window of {window}")
+    return ids[: n * window].reshape(n, window)
+
+
 def nll(model, ids, window: int = 512, *, batch_size: int = 4, progress: bool = False) -> np.ndarray:
     """Per-token NLL (nats, float64) of ``ids [T]`` under ``model``: ``[n_windows, window - 1]``,
     ``n_windows = T // window``; row ``k`` scores ``ids[k*window + 1 : (k+1)*window]`` given the
@@ -102,14 +115,8 @@ def nll(model, ids, window: int = 512, *, batch_size: int = 4, progress: bool = 
     1-D, not integer, out of range, fewer than ``window`` tokens) or ``batch_size``, and ValueError
     naming ``model`` when its logits make an NLL NaN or infinite (never returned as a result).
     """
-    window = _check_window(model, window)
-    ids = _check_ids(model, ids)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    n = ids.size // window
-    if n == 0:
-        raise ValueError(f"ids has {ids.size} tokens, fewer than one window of {window}")
-    W = ids[: n * window].reshape(n, window)                                # [n, window]; partial tail dropped
+    W = _windows(model, ids, window, batch_size)                            # [n, window]
+    n, window = W.shape
     out = np.empty((n, window - 1), np.float64)
     with tqdm(total=n, desc="perplexity", unit="window", disable=not progress) as bar:
         for a in range(0, n, batch_size):
@@ -174,14 +181,9 @@ def kl_divergence(model_ref, model, ids, window: int = 512, *, batch_size: int =
     if model_ref.config.vocab_size != model.config.vocab_size:
         raise ValueError(f"model_ref and model must share a vocabulary, got {model_ref.config.vocab_size} "
                          f"and {model.config.vocab_size} tokens")
-    window = min(_check_window(model_ref, window), _check_window(model, window))
-    ids = _check_ids(model, ids)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    n = ids.size // window
-    if n == 0:
-        raise ValueError(f"ids has {ids.size} tokens, fewer than one window of {window}")
-    W = ids[: n * window].reshape(n, window)                                # [n, window]
+    _check_window(model_ref, window)
+    W = _windows(model, ids, window, batch_size)                            # [n, window]
+    n, window = W.shape
     total = 0.0
     for a in tqdm(range(0, n, batch_size), desc="KL divergence", unit="batch", disable=not progress):
         batch = W[a:a + batch_size]

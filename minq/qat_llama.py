@@ -48,7 +48,7 @@ import numpy as np
 from minq._backend import require_torch
 from minq._checks import check_bits, check_choice, check_int
 from minq.models.llama import LlamaModel, rope_tables
-from minq.models.tiny import TinyConfig, TinyLlama, _Block
+from minq.models.tiny import TinyConfig, TinyLlama, _Block, to_numpy_llama
 from minq.qat import LSQQuantizer, QATLinear, convert, prepare_qat
 
 torch = require_torch()
@@ -145,8 +145,6 @@ def qat_finetune(net: TinyLlama, ids, *, bits: int, group_size=64, method: str =
 def quantized_llama(qnet: TinyLlama, *, tokenizer=None):
     """The QAT-trained ``qnet`` as minq's NumPy model with real quantized weights (``GroupedAffine``):
     a ``LlamaModel``, or an ``ActQuantModel`` (int8 dynamic inputs) when its linears have ``act_int8``."""
-    from minq.models.tiny import to_numpy_llama
-
     if not isinstance(qnet, TinyLlama):
         raise TypeError(f"qnet must be a TinyLlama, got {type(qnet).__name__}")
     model = to_numpy_llama(qnet, tokenizer=tokenizer).with_weights(convert(qnet))
