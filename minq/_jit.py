@@ -32,18 +32,21 @@ except ImportError:  # pragma: no cover
 JIT_ENABLED = HAVE_NUMBA and os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("1", "true", "True")
 
 
-def njit(fn=None, *, parallel: bool = False, float_division: bool = False):
+def njit(fn=None, *, parallel: bool = False, float_division: bool = False, fastmath: bool = False):
     """Compile ``fn`` with Numba (nopython, cached) or return it unchanged when JIT is off.
 
     ``float_division=True``: division follows NumPy (x / 0 is inf or nan) instead of raising
     ZeroDivisionError; without the check per division, a loop that divides can be vectorised.
+    ``fastmath=True``: float sums may be reassociated (and a * b + c fused), so a float reduction loop
+    vectorises; its rounding then differs from a sequential sum (NaN and Inf keep their meaning).
     """
 
     def wrap(f):
         if not JIT_ENABLED:
             return f
         return _numba.njit(cache=True, nogil=True, parallel=parallel,
-                           error_model="numpy" if float_division else "python")(f)
+                           error_model="numpy" if float_division else "python",
+                           fastmath={"reassoc", "contract"} if fastmath else False)(f)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -188,13 +188,15 @@ def to_numpy_llama(net: TinyLlama, *, tokenizer=None) -> LlamaModel:
 
 
 def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_len: int = 256, batch: int = 8,
-               lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.1, log_every: int = 0):
+               lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.1, log_every: int = 0, prepare=None):
     """Train a ``TinyLlama(config)`` from scratch on the token stream ``ids`` (int64 ``[N]``, ids < vocab).
 
     Next-token cross-entropy on ``batch`` random windows of ``seq_len + 1`` tokens per step (starts drawn
     by ``np.random.default_rng(seed)``), AdamW (betas 0.9, 0.95; no decay on norms and the embedding),
     linear warmup then cosine decay to ``lr / 10``, gradients clipped to norm 1. Init: ``torch.manual_seed
     (seed)``, normal std 0.02, the two output projections of each block ``0.02 / sqrt(2 n_layers)``.
+    ``prepare(net)``, when given, changes the initialised model before training (the optimizer sees its
+    parameters): ``minq.bitnet.prepare_bitnet`` makes it BitNet b1.58, from the same initial weights.
     The same arguments give the same model on the same machine and thread count (CPU kernels are
     deterministic; a different thread count may change float sums). Returns ``(net, losses [steps])``.
     """
@@ -212,6 +214,8 @@ def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_
         if p.ndim == 2:
             std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("attn_output.weight", "ffn_down.weight")) else 0.02
             nn.init.normal_(p, std=std)
+    if prepare is not None:
+        net = prepare(net)
     decay = [p for n, p in net.named_parameters() if p.ndim == 2 and n != "token_embd.weight"]
     rest = [p for n, p in net.named_parameters() if not (p.ndim == 2 and n != "token_embd.weight")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],

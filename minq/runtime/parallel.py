@@ -143,3 +143,14 @@ def _row_blocks(N: int):
     if _inside():
         return [slice(0, N)]
     return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
+
+
+def _row_slices(N: int, work: int):
+    """``range(N)`` as one slice per thread a region may use (``_free_threads``), or one slice when the
+    work is below ``PARALLEL_MIN_WORK``: the pieces of a matrix-vector kernel. Each kernel call pays
+    Numba's argument checks (~20 us for eight arrays), so a product of one token makes as few as it can
+    (64-row blocks made a 576 x 576 product 10x slower)."""
+    n = _free_threads() if work >= PARALLEL_MIN_WORK else 1
+    step = -(-N // max(1, n))
+    return [slice(a, min(a + step, N)) for a in range(0, N, step)]
+

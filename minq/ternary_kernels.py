@@ -1,0 +1,87 @@
+"""Chapter 11 — the ternary matrix-vector kernel: integer sums of +-x, no multiplications.
+
+``matvec_int(packed, xq)`` equals ``xq @ codes^T`` in int32 exactly (tests/test_ternary.py), where
+``codes = t - 1`` are the 2-bit codes of ``minq.ternary.TernaryWeight`` (chapter 03's packing, four a
+byte, the first in the low bits) and ``xq`` the int8 activations; ``minq.ternary.matvec_reference`` is
+the readable NumPy product. Per weight, the code ``t`` in {0, 1, 2} selects what happens to ``v = xq_j``:
+
+    t = 2 (+1)   acc += v
+    t = 1 ( 0)   nothing                  acc += v if t == 2 else (-v if t == 0 else 0)
+    t = 0 (-1)   acc -= v
+
+an add or a subtract per weight, chosen by compares: no multiplication (LLVM turns the choice into
+vector selects, 8 weights an instruction). ``kernel="mul"`` runs the same loop with ``acc += v * (t - 1)``
+instead, to measure what the multiplication costs: on this CPU (AVX-512, a vector multiply a cycle)
+the multiply loop is the faster one, 2.6x (benchmarks/bench_ternary.py): a multiply is cheap where it
+is a SIMD instruction, and the three-way choice takes more instructions than it. Multiplication-free
+pays in hardware built for it (the paper's energy argument) and in lookup-table kernels (bitnet.cpp's
+TL1/TL2), not in a plain CPU loop.
+
+Padding codes (a row not a multiple of 4) meet zero activations (``xq`` is padded), so they add 0.
+Rows run as one slice per thread of the runtime (``minq.runtime.parallel._row_slices``); each slice is
+one single-threaded ``nogil`` call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minq._jit import njit
+
+__all__ = ["matvec_int", "KERNELS"]
+
+KERNELS = ("addsub", "mul")
+
+
+@njit
+def _rows_addsub(P, X, acc):
+    """``acc[t, r] = sum_j code_rj X[t, j]`` for the rows of ``P [R, nb]`` (uint8 codes ``t = code + 1``,
+    four a byte) and ``X [T, 4 nb]`` (int32, zero-padded), ``acc [T, R]`` int32: adds and subtracts only."""
+    R, nb = P.shape
+    for t in range(X.shape[0]):
+        x = X[t]
+        for r in range(R):
+            p = P[r]
+            s = np.int32(0)
+            for j in range(nb):
+                b = p[j]
+                for k in range(4):
+                    c = (b >> np.uint8(2 * k)) & np.uint8(3)
+                    v = x[4 * j + k]
+                    s += v if c == 2 else (-v if c == 0 else np.int32(0))
+            acc[t, r] = s
+
+
+@njit
+def _rows_mul(P, X, acc):
+    """``_rows_addsub`` with one multiplication a weight: ``s += v * (t - 1)`` (``X`` int16)."""
+    R, nb = P.shape
+    for t in range(X.shape[0]):
+        x = X[t]
+        for r in range(R):
+            p = P[r]
+            s = np.int32(0)
+            for j in range(nb):
+                b = np.int32(p[j])
+                s += (x[4 * j] * ((b & 3) - 1) + x[4 * j + 1] * (((b >> 2) & 3) - 1)
+                      + x[4 * j + 2] * (((b >> 4) & 3) - 1) + x[4 * j + 3] * (((b >> 6) & 3) - 1))
+            acc[t, r] = s
+
+
+def matvec_int(P, xq, kernel: str = "addsub"):
+    """``int32 [T, out] = xq [T, in] @ codes^T`` for the packed ternary codes ``P uint8 [out, ceil(in / 4)]``
+    and int8 ``xq``; ``kernel`` ``"addsub"`` (no multiplications) or ``"mul"``: the same integers."""
+    from minq._checks import check_choice
+    from minq.runtime.parallel import _parallel_for, _row_slices
+
+    check_choice(kernel, "kernel", KERNELS)
+    R, nb = P.shape
+    T, n = xq.shape
+    X = np.zeros((T, 4 * nb), np.int32 if kernel == "addsub" else np.int16)   # [T, 4 nb]: padding adds 0
+    X[:, :n] = xq
+    acc = np.empty((T, R), np.int32)
+    P = np.ascontiguousarray(P)
+    work = T * R * n
+    rows = _rows_addsub if kernel == "addsub" else _rows_mul
+    _parallel_for(lambda r: rows(P[r], X, acc[:, r]), _row_slices(R, work), work=work)
+    return acc
