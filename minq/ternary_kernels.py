@@ -10,12 +10,12 @@ the readable NumPy product. Per weight, the code ``t`` in {0, 1, 2} selects what
     t = 0 (-1)   acc -= v
 
 an add or a subtract per weight, chosen by compares: no multiplication (LLVM turns the choice into
-vector selects, 8 weights an instruction). ``kernel="mul"`` runs the same loop with ``acc += v * (t - 1)``
-instead, to measure what the multiplication costs: on this CPU (AVX-512, a vector multiply a cycle)
-the multiply loop is the faster one, 2.6x (benchmarks/bench_ternary.py): a multiply is cheap where it
-is a SIMD instruction, and the three-way choice takes more instructions than it. Multiplication-free
-pays in hardware built for it (the paper's energy argument) and in lookup-table kernels (bitnet.cpp's
-TL1/TL2), not in a plain CPU loop.
+vector compares and selects). ``kernel="mul"`` runs the same loop with ``acc += v * (t - 1)`` instead,
+to measure what the multiplication costs: on this CPU (AVX-512, a vector multiply an instruction) the
+multiply loop is the faster one, 1.5x to 2.5x (benchmarks/bench_ternary.py): a multiply is cheap where it
+is one SIMD instruction, and the three-way choice takes several. Multiplication-free pays in energy and
+in hardware built for it (the paper's argument) and in lookup-table kernels (bitnet.cpp's TL1/TL2), not
+in a plain CPU loop.
 
 Padding codes (a row not a multiple of 4) meet zero activations (``xq`` is padded), so they add 0.
 Rows run as one slice per thread of the runtime (``minq.runtime.parallel._row_slices``); each slice is

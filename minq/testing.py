@@ -25,7 +25,7 @@ import numpy as np
 from minq._backend import is_torch
 
 __all__ = [
-    "assert_equal", "assert_close", "assert_bound", "check",
+    "assert_equal", "assert_close", "assert_bound", "check", "library_functions",
     "floats32", "float_arrays", "weight_matrices", "bits", "llm_like_layer", "rel_output_error",
 ]
 
@@ -183,6 +183,31 @@ def _owner_and_name(f):
 
 def _qualname(f) -> str:
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', getattr(f, '__name__', repr(f)))}"
+
+
+def library_functions(*paths) -> tuple:
+    """The library objects named by the dotted ``paths`` that exist (``"minq.ternary.quantize"``,
+    ``"minq.kquants.GGMLWeight.quantize"``), for an exercise's ``forbid=``: a path whose module cannot be
+    imported or whose attribute is missing (an optional Numba kernel) is left out."""
+    import importlib
+
+    found = []
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        while module:                                          # the longest importable prefix
+            try:
+                obj = importlib.import_module(module)
+                break
+            except ImportError:
+                module, _, head = module.rpartition(".")
+                name = f"{head}.{name}"
+        else:
+            continue
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            found.append(obj)
+    return tuple(found)
 
 
 def _refusal(f):

@@ -254,3 +254,13 @@ def test_solution_files_import_no_notebook_state():
             if isinstance(node, ast.FunctionDef) and node.name.startswith("exercise_"):
                 assert ast.get_docstring(node), f"{node.name} explains the solution"
     assert "solutions" not in sys.modules
+
+
+def test_library_functions_finds_what_exists():
+    """``forbid=`` lists: dotted paths to functions and methods; missing modules or names are left out."""
+    from minq import kquants, ternary
+    from minq.testing import library_functions
+
+    got = library_functions("minq.ternary.quantize", "minq.kquants.GGMLWeight.quantize", "minq.no_such.f",
+                            "minq.ternary.no_such", "no_such_package.f")
+    assert got == (ternary.quantize, kquants.GGMLWeight.quantize)

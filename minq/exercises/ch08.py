@@ -5,35 +5,21 @@ Exercises 1-8 (recall, derive) have their answers in notebooks/solutions/08_kqua
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from minq import kquants_iq, kquants_k
 from minq.kquants import dequantize, quantize
-from minq.testing import check
+from minq.testing import check, library_functions
 
 __all__ = ["exercise_9", "exercise_10", "exercise_11", "exercise_12"]
 
 
-def _functions(*paths):
-    """The library functions of these dotted paths that exist (the Numba kernels are optional)."""
-    found = []
-    for path in paths:
-        module, _, name = path.rpartition(".")
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
 # the one-call answers: minq's entry points, their NumPy references and the block functions or kernels behind
 # them (GGMLWeight.quantize / .dequantize call the entry points by name, so they are refused too)
-_DEQUANTIZERS = _functions("minq.kquants.dequantize", "minq.kquants.dequantize_reference",
+_DEQUANTIZERS = library_functions("minq.kquants.dequantize", "minq.kquants.dequantize_reference",
                            "minq.kquants_legacy.dequantize_blocks", "minq.kquants_kernels.dequantize_kernel")
 _SCALE_PACKERS = (kquants_k._pack_scale_min_k4,)
-_QUANTIZERS = _functions("minq.kquants.quantize", "minq.kquants.quantize_reference",
+_QUANTIZERS = library_functions("minq.kquants.quantize", "minq.kquants.quantize_reference",
                          "minq.kquants_legacy.quantize_blocks", "minq.kquants_legacy._quantize_q45",
                          "minq.kquants_kernels_legacy.quantize_legacy_kernel")
 

@@ -5,37 +5,19 @@ Exercises 1-6 (recall, derive) have their answers in notebooks/solutions/10_fp8_
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from minq import fp8, mx, nf4
-from minq.testing import check
+from minq.testing import check, library_functions
 
 __all__ = ["exercise_7", "exercise_8", "exercise_9"]
 
 
-def _functions(*paths):
-    """The library functions of these dotted paths that exist (kernels are optional)."""
-    found = []
-    for path in paths:
-        module, _, name = path.rpartition(".")
-        try:
-            obj = importlib.import_module(module)
-        except ImportError:
-            continue
-        for part in name.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None:
-            found.append(obj)
-    return tuple(found)
-
-
 # the one-call answers: the entry points and what is behind them
-_FP8 = _functions("minq.fp8.quantize", "minq.fp8.dequantize", "minq.fp8.amax_of",
+_FP8 = library_functions("minq.fp8.quantize", "minq.fp8.dequantize", "minq.fp8.amax_of",
                   "minq.fp8_model.FP8Weight.quantize", "minq.fp8_model.FP8Activations.quantize")
-_MX = _functions("minq.mx.quantize", "minq.mx._scale_code", "minq.mx.clip_fraction")
-_NF4 = _functions("minq.nf4.quantize", "minq.nf4.quantize_reference", "minq.nf4._quantize", "minq.nf4._nearest",
+_MX = library_functions("minq.mx.quantize", "minq.mx._scale_code", "minq.mx.clip_fraction")
+_NF4 = library_functions("minq.nf4.quantize", "minq.nf4.quantize_reference", "minq.nf4._quantize", "minq.nf4._nearest",
                   "minq.nf4.NF4Weight.quantize", "minq.nf4_kernels.quantize_kernel")
 
 
