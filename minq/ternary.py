@@ -146,9 +146,12 @@ class TernaryWeight:
 
     @classmethod
     def quantize(cls, W) -> TernaryWeight:
-        """``quantize(W)`` packed; ``W`` float ``[out, in]`` (NumPy)."""
+        """``quantize(W)`` packed; ``W`` float ``[out, in]`` (NumPy, or a torch tensor on any device: the
+        same codes and gamma, stored as NumPy)."""
         check_float_array(W, "W", ndim=2)
-        codes, gamma = quantize(np.asarray(W))
+        codes, gamma = quantize(W)
+        if is_torch(codes):
+            codes, gamma = codes.cpu().numpy(), np.float32(gamma.item())
         return cls.from_codes(codes, gamma)
 
     @classmethod
@@ -223,9 +226,6 @@ def _act_int8(x):
     """``(xq int8 [T, in], sx float32 [T, 1])``: chapter 04's per-token absmax int8 of ``x [in]`` or ``[T, in]``."""
     from minq.w8a8 import Int8Activations
 
-    check_float_array(x, "x")
-    if is_torch(x) or x.ndim not in (1, 2):
-        raise ValueError(f"x must be a NumPy vector [in] or matrix [tokens, in], got shape {tuple(x.shape)}")
     xq, sx, _ = Int8Activations("dynamic").quantize(np.atleast_2d(np.asarray(x, np.float32)))
     return xq, sx
 
@@ -234,11 +234,27 @@ def _check_x(w: TernaryWeight, x):
     if not isinstance(w, TernaryWeight):
         raise TypeError(f"w must be a TernaryWeight, got {type(w).__name__}")
     check_float_array(x, "x")
-    if getattr(x, "ndim", 0) not in (1, 2) or x.shape[-1] != w.shape[1]:
+    if x.ndim not in (1, 2) or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x must be [in] or [tokens, in] with in = {w.shape[1]}, got shape {tuple(x.shape)}")
 
 
-def matvec_reference(w: TernaryWeight, x) -> np.ndarray:
+def _matvec_torch(w: TernaryWeight, x):
+    """The torch path (``x`` a tensor, CPU or CUDA): the same int8 inputs (``minq.qat.fake_quantize_act``'s
+    scales), the integer sums as a float32 product of small integers (exact while ``|acc| < 2^24``, i.e.
+    ``in <= 131072``), then ``(acc * sx) * gamma``: NumPy's values bit for bit."""
+    import torch
+
+    X = torch.atleast_2d(x.detach().float())                                   # [T, in]
+    amax = X.abs().amax(-1, keepdim=True)
+    sx = torch.clamp(amax / 127.0, min=float(np.finfo(np.float32).tiny))
+    sx = torch.where(amax > 0, sx, torch.ones_like(amax))                      # [T, 1], as Int8Activations
+    xq = torch.clamp(torch.round(X / sx), -128, 127)                           # integers, float32
+    C = torch.from_numpy(w.codes).to(device=x.device, dtype=torch.float32)    # [out, in]
+    y = (xq @ C.T) * sx * float(w.gamma)                                       # exact integer sums
+    return y[0] if x.ndim == 1 else y
+
+
+def matvec_reference(w: TernaryWeight, x):
     """The readable product ``y = W_hat x_hat`` (``x [in]`` -> ``y [out]``; ``x [T, in]`` -> ``y [T, out]``):
 
         xq, sx = int8 per token (x)                              # [T, in], [T, 1]
@@ -246,20 +262,25 @@ def matvec_reference(w: TernaryWeight, x) -> np.ndarray:
         y      = (acc * sx) * gamma                              # float32
 
     Equal to ``dequantize() @ x_hat`` within float32 rounding of a dot product; ``matvec`` equals it
-    bit for bit."""
+    bit for bit, and so does a torch ``x`` (the result a tensor on its device)."""
     _check_x(w, x)
+    if is_torch(x):
+        return _matvec_torch(w, x)
     xq, sx = _act_int8(x)
     acc = xq.astype(np.int32) @ w.codes.astype(np.int32).T                    # [T, out]
     y = acc.astype(np.float32) * sx * w.gamma
     return y[0] if x.ndim == 1 else y
 
 
-def matvec(w: TernaryWeight, x, *, kernel: str = "addsub") -> np.ndarray:
+def matvec(w: TernaryWeight, x, *, kernel: str = "addsub"):
     """``matvec_reference`` through the Numba kernel (``minq.ternary_kernels``: the packed bytes, adds and
-    subtracts only, rows in blocks on the runtime's threads); the same values bit for bit."""
+    subtracts only, rows in slices on the runtime's threads); the same values bit for bit. A torch ``x``
+    takes the torch path of ``matvec_reference``."""
     from minq import ternary_kernels
 
     _check_x(w, x)
+    if is_torch(x):
+        return _matvec_torch(w, x)
     xq, sx = _act_int8(x)
     acc = ternary_kernels.matvec_int(w.packed, xq, kernel)                    # int32 [T, out]
     y = acc.astype(np.float32) * sx * w.gamma

@@ -6,16 +6,18 @@
 Runs (``minq.models.tiny.train_tiny``, seed 0, the shipped checkpoint's recipe: 600 steps of 8 windows of
 256 tokens from the calibration text, AdamW, warmup + cosine; the same initial weights and batches):
 
-    float           the float model (the recipe of minq/data/tiny_llama.npz)
+    float           the float model (the recipe of minq/data/tiny_llama.npz, learning rate 3e-3)
     bitnet          BitNet b1.58: every block linear a ``minq.bitnet.BitLinear`` (ternary weights, int8
                     inputs, STE), the same learning rate
-    bitnet-lr2      BitNet at twice the rate (the paper's training tips: ternary models want a larger one)
+    *-lr2, *-lr0.5  each at twice and half the rate (the paper's training notes: ternary models want a
+                    larger one; a fair comparison tunes both)
 
 Evaluation in minq's NumPy runtime on the first 8192 tokens of the evaluation text, windows of 512:
 the float model as it is; each BitNet model as ``minq.ternary.quantize_bitnet`` of its latent weights
 (what it was trained to be); and, the failure case, the float model ternarized after training (PTQ,
 scheme ``ternary``) and with int8 inputs only (``w8a8-dynamic``-style inputs, float weights) to separate
 the two. Losses are recorded every step. One thread (reproducible on a machine); the load is recorded.
+A rerun keeps the runs already in ``--out`` (same ``--steps``) and adds the missing ones.
 """
 
 import argparse
@@ -40,6 +42,7 @@ from minq.models.tiny import (
     train_tiny,
 )
 from minq.ternary import BITS, quantize_bitnet
+from minq.w8a8 import ActQuantModel, Int8Activations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,26 +66,37 @@ def main():
         return float(perplexity(model, ev, window=512, progress=False))
 
     runs, evals = {}, {}
-    for name, prep, lr in [("float", None, a.lr), ("bitnet", prepare_bitnet, a.lr), ("bitnet-lr2", prepare_bitnet, 2 * a.lr)]:
+    if a.out.exists():
+        old = json.loads(a.out.read_text())
+        if old.get("steps") == a.steps:
+            runs = {k: v for k, v in old["runs"].items() if isinstance(v, dict)}      # training runs only
+            evals = old["perplexity"]
+    grid = [(kind + suffix, prep, a.lr * f) for kind, prep in (("float", None), ("bitnet", prepare_bitnet))
+            for suffix, f in (("", 1.0), ("-lr2", 2.0), ("-lr0.5", 0.5))]
+    for name, prep, lr in grid:
+        if name in runs:
+            continue
         t0 = time.perf_counter()
         net, losses = train_tiny(config, ids, steps=a.steps, lr=lr, prepare=prep, log_every=max(1, a.steps // 10))
         seconds = time.perf_counter() - t0
         model = to_numpy_llama(net, tokenizer=tok)
         if prep is None:
-            evals["float"] = ppl(model)
-            evals["float, ternarized after training (PTQ: ternary)"] = ppl(quantize_bitnet(model))
-            evals["float, ternary weights only (ternary-a32)"] = ppl(quantize_bitnet(model, act=False))
-            from minq.w8a8 import ActQuantModel, Int8Activations
-            evals["float, int8 inputs only"] = ppl(ActQuantModel(model, {n: Int8Activations("dynamic")
-                                                                          for n in model.linear_names()}))
+            evals[name] = ppl(model)
+            if name == "float":
+                evals["float, ternarized after training (PTQ: ternary)"] = ppl(quantize_bitnet(model))
+                evals["float, ternary weights only (ternary-a32)"] = ppl(quantize_bitnet(model, act=False))
+                evals["float, int8 inputs only"] = ppl(ActQuantModel(model, {n: Int8Activations("dynamic")
+                                                                             for n in model.linear_names()}))
         else:
             evals[name] = ppl(quantize_bitnet(model))
             evals[f"{name}, latent float weights"] = ppl(model)
-            W = net.blk[0].ffn_up.weight.detach()
-            codes = torch.round(W / W.abs().mean()).clamp(-1, 1)
-            runs[name + "_zero_fraction"] = float((codes == 0).float().mean())
         runs[name] = {"lr": lr, "seconds": round(seconds, 1), "losses": [round(float(v), 4) for v in losses]}
-        print(f"{name}: {seconds:.0f} s, last-50 loss {losses[-50:].mean():.4f}; evals so far {evals}", flush=True)
+        print(f"{name}: {seconds:.0f} s, last-50 loss {losses[-50:].mean():.4f}; perplexity {evals[name]:.1f}", flush=True)
+        write(a, runs, evals, load, ids, ev, net, vocab)
+
+
+def write(a, runs, evals, load, ids, ev, net, vocab):
+    """The results so far, atomically (a later run resumes from them)."""
     n_lin = sum(p.numel() for n, p in net.named_parameters() if p.ndim == 2 and "blk" in n)
     n_all = sum(p.numel() for p in net.parameters())
     result = {"steps": a.steps, "tokens_per_step": 8 * 256, "train_tokens": int(ids.size), "eval_tokens": int(ev.size),
@@ -90,7 +104,6 @@ def main():
               "load_average": round(load, 2), "runs": runs, "perplexity": evals, "bits": BITS}
     with atomic_path(a.out) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -254,3 +254,14 @@ def test_schemes(rng):
         q = minq.quantize(model, name, progress=False)
         assert all(isinstance(q.weights[n], ternary.TernaryWeight) for n in q.linear_names())
     assert ternary.TernaryWeight.quantize(W).bits_per_weight < 2.1
+
+
+def test_matvec_torch_path_equals_numpy(device, rng):
+    W, x = rng.standard_normal((50, 300)).astype(F32), rng.standard_normal((3, 300)).astype(F32)
+    x[1] = 0                                                           # a token of zeros: sx = 1
+    w = ternary.TernaryWeight.quantize(W)
+    assert np.array_equal(ternary.TernaryWeight.quantize(torch.from_numpy(W).to(device)).packed, w.packed)
+    for xin in (x, x[2]):
+        y = ternary.matvec(w, torch.from_numpy(xin).to(device))
+        assert y.device.type == device
+        assert np.array_equal(y.cpu().numpy(), ternary.matvec_reference(w, xin))
