@@ -66,6 +66,12 @@ class KVQuantModel:
     def with_norms(self, new: dict):
         return KVQuantModel(self.model.with_norms(new), self.spec)
 
+    def packed(self):
+        return KVQuantModel(self.model.packed(), self.spec)
+
+    def dequantized(self):
+        return KVQuantModel(self.model.dequantized(), self.spec)
+
 
 _FMT = {"int8": ("int", 8), "int4": ("int", 4), "int2": ("int", 2), "fp8-e4m3": ("e4m3", 8), "fp8-e5m2": ("e5m2", 8)}
 PATTERN = (r"kv-(?P<fmt>int8|int4|int2|fp8-e4m3|fp8-e5m2)(?P<kivi>-kivi)?(?:-k(?P<axis>token|channel))?"

@@ -212,6 +212,12 @@ class ActQuantModel:
     def with_norms(self, new: dict):
         return ActQuantModel(self.model.with_norms(new), self.act)
 
+    def packed(self):
+        return ActQuantModel(self.model.packed(), self.act)
+
+    def dequantized(self):
+        return ActQuantModel(self.model.dequantized(), self.act)
+
 
 def _parameters(fn) -> tuple:
     import inspect

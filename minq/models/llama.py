@@ -142,6 +142,11 @@ def _matmul(X, W):
     return X @ W.T
 
 
+def _packed_matmul(X, W):
+    """``X @ W_hat^T`` of a packed group (``minq.runtime.packed.PackedGroup``), through its kernels."""
+    return W.matmul(X)
+
+
 class LlamaModel(LlamaWeights):
     """A Llama decoder. ``logits(ids [T] or [B, T]) -> float32 [T, vocab] or [B, T, vocab]``.
 
@@ -193,6 +198,8 @@ class LlamaModel(LlamaWeights):
         """
         X = x.reshape(-1, x.shape[-1])                                              # [tokens, in]
         W = self._W[names]                                                          # [out, in]
+        if not isinstance(W, np.ndarray):         # a packed group (model.packed()): its own kernels
+            matmul = _packed_matmul
         Xs = [X] * len(names)
         if hooks:
             X.flags.writeable = False  # a hook sees, and may keep, the input; it must not change it

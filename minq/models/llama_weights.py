@@ -11,7 +11,8 @@ what the forward multiplies with and how it got there, none of the math.
 
 Each weight is dequantized once, when the model is built, into ``_W``: one float32 array per group of
 ``GROUPS`` (the linears that read one input, row-stacked: ``[Wq; Wk; Wv]``, ``[Wgate; Wup]``), so each
-group is one GEMM. ``with_weights`` / ``with_norms`` return a new model sharing everything unchanged —
+group is one GEMM. ``model.packed()`` keeps the weights packed instead where ``minq.runtime.packed`` has
+a kernel for them (a ``PackedGroup`` in ``_W``); ``model.dequantized()`` is the float32 twin. ``with_weights`` / ``with_norms`` return a new model sharing everything unchanged —
 a quantized model is the same model with other weight objects.
 """
 
@@ -125,7 +126,7 @@ class LlamaWeights:
     """
 
     def __init__(self, config: LlamaConfig, weights: dict, norms: dict, embedding, *, output=None,
-                 tokenizer=None, _stacked=None):
+                 tokenizer=None, packed: bool = False, _stacked=None):
         self.config = config
         self.tokenizer = tokenizer
         self.norms = norms
@@ -135,13 +136,28 @@ class LlamaWeights:
         self.weights = check_weight_names(weights, names)
         # {(name, ...): float32 [sum of out, in]}: the dense weights of each group of GROUPS, row-stacked.
         # Each weight is dequantized once, here; groups of an unchanged model are shared (with_weights).
-        self._W = dict(_stacked or {})
+        # packed: a group whose weights all have a packed kernel keeps them packed (``PackedGroup``).
+        self.is_packed = bool(packed)
+        self._W = {k: W for k, W in (_stacked or {}).items() if isinstance(W, np.ndarray) or self.is_packed}
         for i in range(config.n_layers):
             for group in GROUPS:
                 key = tuple(f"blk.{i}.{n}" for n in group)
                 if key not in self._W:
-                    self._W[key] = _stack_rows([_dense_of(self.weights[n], n, self._expected_shape(n))
-                                                for n in key])
+                    self._W[key] = self._group(key)
+
+    def _group(self, key: tuple):
+        """The float32 row-stack of the weights ``key``, or their ``PackedGroup`` in a packed model."""
+        if self.is_packed:
+            from minq.runtime.packed import PackedGroup, packed_linear
+
+            for n in key:                                  # the protocol's checks, without dequantizing
+                w = self.weights[n]
+                if tuple(getattr(w, "shape", ())) != self._expected_shape(n):
+                    _dense_of(w, n, self._expected_shape(n))
+            kernels = [packed_linear(self.weights[n]) for n in key]
+            if all(k is not None for k in kernels):
+                return PackedGroup(kernels)
+        return _stack_rows([_dense_of(self.weights[n], n, self._expected_shape(n)) for n in key])
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -208,7 +224,21 @@ class LlamaWeights:
         check_weight_names(new, self.linear_names(), new=True)
         unchanged = {key: W for key, W in self._W.items() if not set(key) & set(new)}
         return type(self)(self.config, {**self.weights, **new}, self.norms, self.embedding,
-                          output=self.output, tokenizer=self.tokenizer, _stacked=unchanged)
+                          output=self.output, tokenizer=self.tokenizer, packed=self.is_packed, _stacked=unchanged)
+
+    def packed(self) -> LlamaWeights:
+        """This model with its quantized weights kept packed where ``minq.runtime.packed`` has a kernel for
+        them (4-bit grouped affine today; the others stay float32): the same logits within float32 rounding,
+        fewer bytes read per token. ``self`` is left unchanged."""
+        return type(self)(self.config, self.weights, self.norms, self.embedding, output=self.output,
+                          tokenizer=self.tokenizer, packed=True)
+
+    def dequantized(self) -> LlamaWeights:
+        """This model with every weight dequantized to float32 once (the default build): its float twin."""
+        if not self.is_packed:
+            return self
+        return type(self)(self.config, self.weights, self.norms, self.embedding, output=self.output,
+                          tokenizer=self.tokenizer)
 
     def with_norms(self, new: dict) -> LlamaWeights:
         """A new model whose RMSNorm gammas ``new`` ({name: float32 [d]}, names of ``model.norms``) replace
@@ -228,7 +258,7 @@ class LlamaWeights:
             g.setflags(write=False)
             norms[name] = g
         return type(self)(self.config, self.weights, norms, self.embedding, output=self.output,
-                          tokenizer=self.tokenizer, _stacked=self._W)
+                          tokenizer=self.tokenizer, packed=self.is_packed, _stacked=self._W)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,117 @@
+"""Packed linears: a model's quantized weights kept as their codes and multiplied without a float32 copy.
+
+A model built as usual dequantizes every weight once into float32 (``minq.models.llama_weights``): a 4-bit
+model then reads as many bytes per token as the float one and decodes no faster. ``model.packed()``
+keeps the weights that have a kernel here as they are stored and multiplies through it:
+
+    weight                                  one token (decode)                 many tokens (prefill)
+    GroupedAffine, 4-bit, groups of 64k     Int4Gemv: fused dequantize-GEMV    row tiles dequantized into a
+                                            (minq.runtime.gemv)                small buffer, then BLAS
+    anything else                           float32, as before (``DenseGroup``)
+
+``PackedGroup`` is one group of linears that read the same input (q/k/v, gate/up: ``GROUPS``): its
+``matmul(X)`` returns their outputs side by side, as the dense path's one GEMM on row-stacked weights
+does, and ``rows(a, b)`` the group restricted to output rows ``a:b`` (a hook gave one linear its own
+input). Every product equals ``X @ W_hat^T`` of the dequantized weight within float32 rounding of its
+sums (tests/runtime/test_packed.py), not bit for bit: the sums run in another order.
+
+``DECODE_TOKENS``: up to this many rows of ``X`` go through the GEMV one token at a time; more are a
+prefill. ``TILE``: rows of ``W_hat`` dequantized at a time (256 x 1536 float32 = 1.5 MB, within L2/L3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minq._jit import njit
+from minq.groups import GroupedAffine
+from minq.runtime.gemv import BLOCK, Int4Gemv
+
+__all__ = ["PackedGroup", "packed_linear", "DECODE_TOKENS", "TILE"]
+
+DECODE_TOKENS = 4
+TILE = 256
+
+
+@njit
+def _dequant_rows_int4(P, s, m, g, out):
+    """``out[r, j] = s[r, G] q[r, j] + m[r, G]`` (``G = j // g``) for the 4-bit codes ``P [R, in / 2]`` (low
+    nibble first): chapter 03's ``s (q - z)`` with ``m = -s z`` (float32; within one rounding of it)."""
+    R, G = s.shape
+    half = g // 2
+    for r in range(R):
+        p, o = P[r], out[r]
+        for gi in range(G):
+            sg, mg = s[r, gi], m[r, gi]
+            for j in range(gi * half, (gi + 1) * half):
+                b = np.uint32(p[j])
+                o[2 * j] = sg * np.float32(b & np.uint32(15)) + mg
+                o[2 * j + 1] = sg * np.float32(b >> np.uint32(4)) + mg
+
+
+class _Int4Linear:
+    """A 4-bit ``GroupedAffine`` kept packed: GEMV per token for decode, dequantized tiles for prefill."""
+
+    def __init__(self, w: GroupedAffine):
+        self.gemv = Int4Gemv(w)
+        self.shape = w.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.gemv.nbytes
+
+    def matmul(self, X, rows=slice(None)):
+        """``X [T, in] @ W_hat[rows]^T -> [T, len(rows)]`` float32."""
+        k = self.gemv
+        r = range(self.shape[0])[rows]
+        if len(X) <= DECODE_TOKENS:
+            if r == range(self.shape[0]):
+                return np.stack([k(x) for x in X])                              # [T, out]
+            return np.stack([k(x) for x in X])[:, rows]
+        Y = np.empty((len(X), len(r)), np.float32)
+        buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
+        for a in range(0, len(r), TILE):
+            t = range(r.start + a, min(r.start + a + TILE, r.stop))
+            W_t = buf[:len(t)]
+            _dequant_rows_int4(k.P[t.start:t.stop], k.s[t.start:t.stop], k.m[t.start:t.stop], k.g, W_t)
+            np.matmul(X, W_t.T, out=Y[:, a:a + len(t)])                        # [T, tile]
+        return Y
+
+
+def packed_linear(w):
+    """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32)."""
+    if (isinstance(w, GroupedAffine) and w.bits == 4 and w.zero_point == "int" and w.ragged_group_size is None
+            and isinstance(w.packed, np.ndarray) and w.g % BLOCK == 0):
+        return _Int4Linear(w)
+    return None
+
+
+class PackedGroup:
+    """The linears of one input group, packed: ``matmul(X [T, in]) -> [T, sum of out]``.
+
+    ``linears``: one packed kernel (``packed_linear``) per weight, in the group's order."""
+
+    def __init__(self, linears: list, rows=None):
+        self.linears = list(linears)
+        outs = [lin.shape[0] for lin in self.linears]
+        self._starts = np.cumsum([0] + outs)
+        self._rows = slice(0, int(self._starts[-1])) if rows is None else rows
+        self.shape = (self._rows.stop - self._rows.start, self.linears[0].shape[1])
+
+    def __getitem__(self, rows: slice) -> PackedGroup:
+        """Output rows ``a:b`` of the group (within it), as the dense path slices ``W[a:b]``."""
+        a, b, _ = rows.indices(self.shape[0])
+        return PackedGroup(self.linears, slice(self._rows.start + a, self._rows.start + b))
+
+    def matmul(self, X):
+        X = np.ascontiguousarray(X, np.float32)
+        parts = []
+        for lin, lo, hi in zip(self.linears, self._starts, self._starts[1:]):
+            a, b = max(lo, self._rows.start), min(hi, self._rows.stop)
+            if a < b:
+                parts.append(lin.matmul(X, slice(a - lo, b - lo)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lin.nbytes for lin in self.linears)

@@ -1,0 +1,82 @@
+"""minq.runtime.packed and ``model.packed()``: 4-bit weights kept packed give the dequantized model's
+logits within float32 rounding, on both engines, with a KV cache, with hooks, one token or many."""
+
+import numpy as np
+import pytest
+import torch
+
+import minq
+from minq.groups import quantize_groups
+from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
+from minq.runtime.packed import DECODE_TOKENS, TILE, PackedGroup, packed_linear
+
+F32 = np.float32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
+                        context_length=64)
+    net = TinyLlama(config)
+    for p in net.parameters():                  # weights of a trained model's scale, not the init's zeros/ones
+        torch.nn.init.normal_(p, std=0.05)
+    return to_numpy_llama(net)
+
+
+@pytest.mark.parametrize("T", [1, DECODE_TOKENS, DECODE_TOKENS + 1, TILE + 7])
+def test_packed_linear_equals_dequantized(T, rng):
+    W = rng.standard_normal((300, 576)).astype(F32)
+    w = quantize_groups(W, bits=4, group_size=64)
+    lin = packed_linear(w)
+    X = rng.standard_normal((T, 576)).astype(F32)
+    ref = X.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    tol = 1e-5 * (np.abs(X) @ np.abs(w.dequantize()).T) + 1e-6
+    assert (np.abs(lin.matmul(X) - ref) <= tol).all()
+    assert (np.abs(lin.matmul(X, slice(17, 290)) - ref[:, 17:290]) <= tol[:, 17:290]).all()
+
+
+def test_packed_group_rows_and_kernels(rng):
+    ws = [quantize_groups(rng.standard_normal((o, 128)).astype(F32), bits=4, group_size=64) for o in (64, 32, 32)]
+    g = PackedGroup([packed_linear(w) for w in ws])
+    X = rng.standard_normal((2, 128)).astype(F32)
+    W = np.concatenate([w.dequantize() for w in ws])
+    assert g.shape == (128, 128) and np.allclose(g.matmul(X), X @ W.T, rtol=1e-5, atol=1e-5)
+    assert g[50:100].shape == (50, 128) and np.allclose(g[50:100].matmul(X), X @ W[50:100].T, rtol=1e-5, atol=1e-5)
+    assert packed_linear(quantize_groups(ws[0].dequantize(), bits=3, group_size=64)) is None      # no kernel yet
+    assert packed_linear(quantize_groups(ws[0].dequantize(), bits=4, group_size=32)) is None
+    assert packed_linear(ws[0].dequantize()) is None
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_packed_model_logits(tiny, engine):
+    q = minq.quantize(tiny, "rtn-w4g64", progress=False)
+    p = q.packed()
+    assert p.is_packed and not q.is_packed and p.dequantized().is_packed is False
+    assert all(isinstance(W, PackedGroup) for W in p._W.values())
+    ids = np.arange(40) % 96
+    want = q.logits(ids, engine=engine)
+    assert np.allclose(p.logits(ids, engine=engine), want, rtol=1e-4, atol=1e-4)
+    cache = p.new_cache()                                                  # prefill, then decode token by token
+    p.logits(ids[:30], cache=cache, engine=engine)
+    steps = [p.logits(ids[t:t + 1], cache=cache, engine=engine)[-1] for t in range(30, 40)]
+    assert np.allclose(np.stack(steps), want[30:40], rtol=1e-4, atol=1e-4)
+
+
+def test_packed_model_with_hooks_and_wrappers(tiny):
+    q = minq.quantize(tiny, "rtn-w4g64", progress=False)
+    p = q.packed()
+    ids = np.arange(20) % 96
+    seen = {}
+    hooks = {"blk.0.attn_k": lambda name, X: X * 0.5, "blk.1.ffn_up": lambda name, X: seen.update({name: X.shape})}
+    assert np.allclose(p.logits(ids, hooks=hooks), q.logits(ids, hooks=hooks), rtol=1e-4, atol=1e-4)
+    assert seen == {"blk.1.ffn_up": (20, 128)}
+    from minq.w8a8 import ActQuantModel, Int8Activations
+
+    act = ActQuantModel(q, {n: Int8Activations("dynamic") for n in q.linear_names()})
+    assert act.packed().model.is_packed
+    assert np.allclose(act.packed().logits(ids), act.logits(ids), rtol=1e-4, atol=1e-4)
+    mixed = q.with_weights({"blk.0.ffn_down": quantize_groups(q.weights["blk.0.ffn_down"].dequantize(), bits=3,
+                                                                group_size=64)}).packed()
+    assert isinstance(mixed._W[("blk.0.ffn_down",)], np.ndarray)          # no 3-bit kernel: float32, as before
+    assert np.allclose(mixed.logits(ids), mixed.dequantized().logits(ids), rtol=1e-4, atol=1e-4)
