@@ -195,8 +195,9 @@ def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_
     by ``np.random.default_rng(seed)``), AdamW (betas 0.9, 0.95; no decay on norms and the embedding),
     linear warmup then cosine decay to ``lr / 10``, gradients clipped to norm 1. Init: ``torch.manual_seed
     (seed)``, normal std 0.02, the two output projections of each block ``0.02 / sqrt(2 n_layers)``.
-    ``prepare(net)``, when given, changes the initialised model before training (the optimizer sees its
-    parameters): ``minq.bitnet.prepare_bitnet`` makes it BitNet b1.58, from the same initial weights.
+    ``prepare(net)``, when given, changes the initialised model before training (in place, or returning
+    the new model; the optimizer sees its parameters): ``minq.bitnet.prepare_bitnet`` makes it BitNet
+    b1.58, from the same initial weights.
     The same arguments give the same model on the same machine and thread count (CPU kernels are
     deterministic; a different thread count may change float sums). Returns ``(net, losses [steps])``.
     """
@@ -208,6 +209,8 @@ def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_
         raise ValueError(f"ids must lie in [0, vocab_size={config.vocab_size}), got [{ids.min()}, {ids.max()}]")
     if not 2 <= seq_len <= config.context_length:
         raise ValueError(f"seq_len must be in [2, context_length={config.context_length}], got {seq_len}")
+    if prepare is not None and not callable(prepare):
+        raise TypeError(f"prepare must be a function net -> net, got {type(prepare).__name__}")
     torch.manual_seed(seed)
     net = TinyLlama(config)
     for name, p in net.named_parameters():
@@ -215,7 +218,7 @@ def train_tiny(config: TinyConfig, ids, *, steps: int = 600, seed: int = 0, seq_
             std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("attn_output.weight", "ffn_down.weight")) else 0.02
             nn.init.normal_(p, std=std)
     if prepare is not None:
-        net = prepare(net)
+        net = prepare(net) or net                                              # None: changed in place
     decay = [p for n, p in net.named_parameters() if p.ndim == 2 and n != "token_embd.weight"]
     rest = [p for n, p in net.named_parameters() if not (p.ndim == 2 and n != "token_embd.weight")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],

@@ -149,6 +149,8 @@ def test_bad_inputs():
         train_tiny(MICRO, ids, steps=1, seq_len=MICRO.context_length + 1)
     with pytest.raises(ValueError, match="ids must be a 1-D"):
         train_tiny(MICRO, ids[:10], steps=1, seq_len=32)
+    with pytest.raises(TypeError, match="prepare"):
+        train_tiny(MICRO, ids, steps=1, seq_len=32, prepare="bitnet")
     with pytest.raises(TypeError, match="TinyConfig"):
         TinyLlama(MICRO.llama())
     with pytest.raises(ValueError, match="context length"):
