@@ -43,21 +43,24 @@ _HALF = BLOCK // 2
 def _rows_int4(P, s, m, xe, xo, xs, per_group, y):
     """``y[r] = sum_G s[r, G] (sum_j q_rj x_j) + m[r, G] xs[G]`` for the rows of ``P [R, in / 2]`` (uint8,
     code ``2i`` in the low nibble of byte ``i``), ``s, m [R, G]`` float32, ``xe = x[0::2]``, ``xo = x[1::2]``,
-    ``xs [G]``; each group is ``per_group`` blocks of ``BLOCK`` codes."""
+    ``xs [G]``; each group is ``per_group`` blocks of ``BLOCK`` codes. ``lanes``: 32 running sums, one per
+    byte position of a block, scaled group by group and added up once per row (no reduction per group)."""
     R, G = s.shape
+    lanes = np.zeros(_HALF, np.float32)
     for r in range(R):
         p, sr, mr = P[r], s[r], m[r]
-        acc = np.float32(0)
+        lanes[:] = 0
+        zero_points = np.float32(0)
         for gi in range(G):
-            a = np.float32(0)
+            sg = sr[gi]
             for blk in range(gi * per_group, (gi + 1) * per_group):        # slices: LLVM then sees a
                 j = blk * _HALF                                                # loop of exactly 32 steps
                 pb, eb, ob = p[j: j + _HALF], xe[j: j + _HALF], xo[j: j + _HALF]
                 for k in range(_HALF):
                     b = np.uint32(pb[k])
-                    a += np.float32(b & np.uint32(15)) * eb[k] + np.float32(b >> np.uint32(4)) * ob[k]
-            acc += sr[gi] * a + mr[gi] * xs[gi]
-        y[r] = acc
+                    lanes[k] += sg * (np.float32(b & np.uint32(15)) * eb[k] + np.float32(b >> np.uint32(4)) * ob[k])
+            zero_points += mr[gi] * xs[gi]
+        y[r] = lanes.sum() + zero_points
 
 
 class Int4Gemv:
