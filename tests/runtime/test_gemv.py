@@ -15,15 +15,17 @@ EPS = np.finfo(F32).eps
 
 
 def _bound(w, x):
-    """``2 (BLOCK + n / BLOCK + 2) eps`` times the sum of the magnitudes that enter the sums: the codes
-    term ``|s q x|`` and the zero-point term ``|s z| |x|`` of each group."""
+    """``2 (BLOCK + n / BLOCK + 2) eps`` times the sum of the magnitudes that enter the sums (the codes
+    term ``|s q x|`` and the zero-point term ``|s z| |x|`` of each group), plus ``eta = 2^-149`` (the
+    smallest subnormal) for each of the ``4 n`` float operations, whose error below the normal range is
+    absolute, not relative."""
     qp = w.qparams()
     out, n = w.shape
     q = w.codes.reshape(out, -1, w.g).astype(np.float64)                     # [out, G, g]
     s, z = np.float64(qp.s), np.float64(qp.z)                                 # [out or 1, G or 1, 1]
     ax = np.abs(x.astype(np.float64)).reshape(1, -1, w.g)
     mag = (np.abs(s) * (q * ax + np.abs(z) * ax)).sum(axis=(1, 2))           # [out]
-    return 2 * (BLOCK + n / BLOCK + 2) * EPS * mag
+    return 2 * (BLOCK + n / BLOCK + 2) * EPS * mag + 4 * n * 2.0**-149
 
 
 @given(data=st.data())
