@@ -51,6 +51,8 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(10, "FP8 and block formats",
             ("minq/fp8.py", "minq/fp8_model.py", "minq/mx.py", "minq/mx_model.py", "minq/nf4.py"),
             "notebooks/10_fp8_and_block_formats.ipynb", methods=("minq.fp8_model", "minq.mx_model", "minq.nf4")),
+    Chapter(11, "ternary weights", ("minq/ternary.py", "minq/ternary_kernels.py", "minq/bitnet.py"),
+            "notebooks/11_ternary.ipynb", methods=("minq.ternary",)),
 )
 
 
