@@ -33,7 +33,7 @@ from minq._checks import check_float_array
 from minq._jit import njit
 from minq.groups import GroupedAffine
 
-__all__ = ["Int4Gemv", "gemv_reference"]
+__all__ = ["Int4Gemv", "gemv_reference", "split_input"]
 
 BLOCK = 64                      # codes per inner loop: 32 bytes, a compile-time trip count
 _HALF = BLOCK // 2
@@ -91,19 +91,29 @@ class Int4Gemv:
         return int(self.P.nbytes + self.s.nbytes + self.m.nbytes)
 
     def __call__(self, x) -> np.ndarray:
-        from minq.runtime.parallel import _parallel_for, _row_slices
-
         check_float_array(x, "x", ndim=1)
         if x.shape[0] != self.shape[1] or not isinstance(x, np.ndarray):
             raise ValueError(f"x must be a NumPy vector of {self.shape[1]} inputs, got shape {tuple(x.shape)}")
-        x = np.ascontiguousarray(x, np.float32)
-        xs = x.reshape(-1, self.g).sum(axis=1, dtype=np.float32)                               # [G]
-        xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])                  # [in / 2] each
+        return self.product(split_input(np.ascontiguousarray(x, np.float32), self.g))
+
+    def product(self, parts) -> np.ndarray:
+        """``y [out]`` from ``split_input(x, self.g)`` (unchecked: the packed model's path, which splits
+        each input once for all the linears that read it)."""
+        from minq.runtime.parallel import _parallel_for, _row_slices
+
+        xe, xo, xs = parts
         y = np.empty(self.shape[0], np.float32)
         per_group, work = self.g // BLOCK, self.P.size * 2
         _parallel_for(lambda r: _rows_int4(self.P[r], self.s[r], self.m[r], xe, xo, xs, per_group, y[r]),
                       _row_slices(self.shape[0], work), work=work)
         return y
+
+
+def split_input(x, g: int) -> tuple:
+    """``(xe, xo, xs)`` of a float32 vector ``x [in]``: its even and odd entries and its sums over groups
+    of ``g`` inputs, what ``Int4Gemv`` reads."""
+    return (np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2]),
+            x.reshape(-1, g).sum(axis=1, dtype=np.float32))
 
 
 def gemv_reference(w, x) -> np.ndarray:

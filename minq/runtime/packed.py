@@ -25,7 +25,7 @@ import numpy as np
 
 from minq._jit import njit
 from minq.groups import GroupedAffine
-from minq.runtime.gemv import BLOCK, Int4Gemv
+from minq.runtime.gemv import BLOCK, Int4Gemv, split_input
 
 __all__ = ["PackedGroup", "packed_linear", "DECODE_TOKENS", "TILE"]
 
@@ -60,14 +60,17 @@ class _Int4Linear:
     def nbytes(self) -> int:
         return self.gemv.nbytes
 
-    def matmul(self, X, rows=slice(None)):
-        """``X [T, in] @ W_hat[rows]^T -> [T, len(rows)]`` float32."""
+    def matmul(self, X, rows=slice(None), parts=None):
+        """``X [T, in] @ W_hat[rows]^T -> [T, len(rows)]`` float32; ``parts``: a dict the linears of one
+        group share, so each token's input is split (``split_input``) once per group width."""
         k = self.gemv
         r = range(self.shape[0])[rows]
         if len(X) <= DECODE_TOKENS:
-            if r == range(self.shape[0]):
-                return np.stack([k(x) for x in X])                              # [T, out]
-            return np.stack([k(x) for x in X])[:, rows]
+            parts = {} if parts is None else parts
+            if k.g not in parts:
+                parts[k.g] = [split_input(x, k.g) for x in X]
+            Y = np.stack([k.product(p) for p in parts[k.g]])                    # [T, out]
+            return Y if r == range(self.shape[0]) else Y[:, rows]
         Y = np.empty((len(X), len(r)), np.float32)
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
         for a in range(0, len(r), TILE):
@@ -105,12 +108,12 @@ class PackedGroup:
 
     def matmul(self, X):
         X = np.ascontiguousarray(X, np.float32)
-        parts = []
+        outs, shared = [], {}
         for lin, lo, hi in zip(self.linears, self._starts, self._starts[1:]):
             a, b = max(lo, self._rows.start), min(hi, self._rows.stop)
             if a < b:
-                parts.append(lin.matmul(X, slice(a - lo, b - lo)))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+                outs.append(lin.matmul(X, slice(a - lo, b - lo), shared))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     @property
     def nbytes(self) -> int:

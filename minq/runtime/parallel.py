@@ -145,12 +145,13 @@ def _row_blocks(N: int):
     return [slice(a, min(a + ROW_BLOCK, N)) for a in range(0, N, ROW_BLOCK)]
 
 
-def _row_slices(N: int, work: int):
+def _row_slices(N: int, work: int, min_work: int = 1 << 22):
     """``range(N)`` as one slice per thread a region may use (``_free_threads``), or one slice when the
-    work is below ``PARALLEL_MIN_WORK``: the pieces of a matrix-vector kernel. Each kernel call pays
-    Numba's argument checks (~20 us for eight arrays), so a product of one token makes as few as it can
-    (64-row blocks made a 576 x 576 product 10x slower)."""
-    n = _free_threads() if work >= PARALLEL_MIN_WORK else 1
+    work is below ``min_work``: the pieces of a matrix-vector kernel. A hand-off to the pool costs about
+    0.1 ms, as much as a one-token product with a 1536 x 576 weight takes alone, so such products run on
+    the calling thread (the default ``min_work``, 4 M weights, is a 4096 x 1024 layer); and each kernel
+    call pays Numba's argument checks (~20 us for eight arrays), so there is one slice per thread, not
+    blocks of rows (64-row blocks made a 576 x 576 product 10x slower)."""
+    n = _free_threads() if work >= min_work else 1
     step = -(-N // max(1, n))
     return [slice(a, min(a + step, N)) for a in range(0, N, step)]
-
