@@ -107,6 +107,9 @@ class PackedGroup:
         return PackedGroup(self.linears, slice(self._rows.start + a, self._rows.start + b))
 
     def matmul(self, X):
+        """``X [T, in] -> [T, rows]`` float32; ValueError naming ``X`` for another shape."""
+        if getattr(X, "ndim", 0) != 2 or X.shape[1] != self.shape[1]:
+            raise ValueError(f"X must be [tokens, {self.shape[1]}], got shape {getattr(X, 'shape', None)}")
         X = np.ascontiguousarray(X, np.float32)
         outs, shared = [], {}
         for lin, lo, hi in zip(self.linears, self._starts, self._starts[1:]):

@@ -4,6 +4,9 @@ logits within float32 rounding, on both engines, with a KV cache, with hooks, on
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import minq
 from minq.groups import quantize_groups
@@ -36,6 +39,28 @@ def test_packed_linear_equals_dequantized(T, rng):
     assert (np.abs(lin.matmul(X, slice(17, 290)) - ref[:, 17:290]) <= tol[:, 17:290]).all()
 
 
+@given(data=st.data())
+def test_packed_linear_property(data):
+    """Any shape, group width, token count (decode or prefill) and row range: X @ W_hat[rows]^T within the
+    float32 error of the sums."""
+    out, n = data.draw(st.integers(1, 300)), 64 * data.draw(st.integers(1, 4))
+    group = data.draw(st.sampled_from([g for g in (64, 128, -1) if g == -1 or n % g == 0]))
+    T = data.draw(st.sampled_from([1, 2, DECODE_TOKENS, DECODE_TOKENS + 1, 40]))
+    el = st.floats(-100, 100, width=32)
+    W = data.draw(hnp.arrays(F32, (out, n), elements=el))
+    X = data.draw(hnp.arrays(F32, (T, n), elements=el))
+    a = data.draw(st.integers(0, out - 1))
+    b = data.draw(st.integers(a + 1, out))
+    w = quantize_groups(W, bits=4, group_size=group, symmetric=data.draw(st.booleans()))
+    ref = X.astype(np.float64) @ w.dequantize().astype(np.float64).T                 # [T, out]
+    qp = w.qparams()
+    mag = np.abs(X).astype(np.float64) @ (np.abs(w.codes.astype(np.float64).reshape(out, -1, w.g)) +
+                                          np.abs(np.float64(qp.z))).reshape(out, -1).T * np.abs(np.float64(qp.s)).max()
+    tol = 2 * (64 + n / 64 + 4) * np.finfo(F32).eps * mag + 8 * n * 2.0**-149
+    got = packed_linear(w).matmul(X, slice(a, b))
+    assert got.shape == (T, b - a) and (np.abs(got - ref[:, a:b]) <= tol[:, a:b]).all()
+
+
 def test_packed_group_rows_and_kernels(rng):
     ws = [quantize_groups(rng.standard_normal((o, 128)).astype(F32), bits=4, group_size=64) for o in (64, 32, 32)]
     g = PackedGroup([packed_linear(w) for w in ws])
@@ -46,6 +71,8 @@ def test_packed_group_rows_and_kernels(rng):
     assert packed_linear(quantize_groups(ws[0].dequantize(), bits=3, group_size=64)) is None      # no kernel yet
     assert packed_linear(quantize_groups(ws[0].dequantize(), bits=4, group_size=32)) is None
     assert packed_linear(ws[0].dequantize()) is None
+    with pytest.raises(ValueError, match="X must be"):
+        g.matmul(np.ones((2, 64), F32))
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])
