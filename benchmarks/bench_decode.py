@@ -10,6 +10,8 @@ over the decode steps (best of ``--repeat``). Models:
     rtn-w4g64           4-bit groups of 64 (chapter 03), dequantized to float32 when built: today's default
     rtn-w4g64 packed    the same weights kept packed (``model.packed()``): one fused dequantize-GEMV a linear
                         (``minq.runtime.gemv.Int4Gemv``); embeddings and the tied head stay float32
+    ternary-a32 packed  chapter 11's 2-bit ternary codes kept packed (``ternary_kernels.matvec_float``): the
+                        speed of reading 2 bits a weight (its text is garbage: SmolLM2 was not trained ternary)
 
 Also printed: the bytes of linear weights each reads per token, the greedy tokens of the packed model
 against the dequantized one (equal, or the first position where float32 rounding made them differ), and
@@ -52,12 +54,13 @@ def main(argv=None):
     load = os.getloadavg()[0]
     model = minq.load_model("smollm2", progress=False)
     q = minq.quantize(model, "rtn-w4g64", progress=False)
-    models = {"float32": model, "rtn-w4g64": q, "rtn-w4g64 packed": q.packed()}
+    models = {"float32": model, "rtn-w4g64": q, "rtn-w4g64 packed": q.packed(),
+              "ternary-a32 packed": minq.quantize(model, "ternary-a32", progress=False).packed()}
     prompt = np.asarray(model.tokenizer.encode("The history of the printing press begins"), np.int64)
     prompt = np.resize(prompt, a.prompt)
     n_lin = sum(int(np.prod(model.weights[n].shape)) for n in model.linear_names())
     read = {"float32": 4 * n_lin, "rtn-w4g64": 4 * n_lin,
-            "rtn-w4g64 packed": sum(W.nbytes for W in models["rtn-w4g64 packed"]._W.values())}
+            **{k: sum(W.nbytes for W in models[k]._W.values()) for k in ("rtn-w4g64 packed", "ternary-a32 packed")}}
     print(f"SmolLM2-135M decode, {a.threads} thread(s), prompt {a.prompt} + {a.tokens} tokens, best of {a.repeat}; "
           f"{os.cpu_count()} cores, load average {load:.2f}")
     print(f"{'model':>18s} {'tokens/s':>9s} {'ms/token':>9s} {'linear MB/token':>15s} {'vs float32':>10s}")

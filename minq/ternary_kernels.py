@@ -28,7 +28,7 @@ import numpy as np
 
 from minq._jit import njit
 
-__all__ = ["matvec_int", "KERNELS"]
+__all__ = ["matvec_int", "matvec_float", "KERNELS"]
 
 KERNELS = ("addsub", "mul")
 
@@ -66,6 +66,41 @@ def _rows_mul(P, X, acc):
                 s += (x[4 * j] * ((b & 3) - 1) + x[4 * j + 1] * (((b >> 2) & 3) - 1)
                       + x[4 * j + 2] * (((b >> 4) & 3) - 1) + x[4 * j + 3] * (((b >> 6) & 3) - 1))
             acc[t, r] = s
+
+
+@njit(fastmath=True)
+def _rows_float(P, X, out):
+    """``out[t, r] = sum_j code_rj X[t, j]`` in float32 for float32 ``X [T, 4 nb]`` (zero-padded): the
+    packed runtime's product with float inputs (weights-only ternary), sums reassociated."""
+    R, nb = P.shape
+    one, three = np.float32(1), np.uint32(3)
+    for t in range(X.shape[0]):
+        x = X[t]
+        for r in range(R):
+            p = P[r]
+            s = np.float32(0)
+            for j in range(nb):
+                b = np.uint32(p[j])
+                s += (x[4 * j] * (np.float32(b & three) - one) + x[4 * j + 1] * (np.float32((b >> 2) & three) - one)
+                      + x[4 * j + 2] * (np.float32((b >> 4) & three) - one)
+                      + x[4 * j + 3] * (np.float32(b >> 6) - one))
+            out[t, r] = s
+
+
+def matvec_float(P, X):
+    """``float32 [T, out] = X [T, in] @ codes^T`` for the packed ternary codes ``P uint8 [out, ceil(in / 4)]``
+    and float32 ``X``: equal to the float64 product within float32 rounding of sums of ``in`` terms."""
+    from minq.runtime.parallel import _parallel_for, _row_slices
+
+    R, nb = P.shape
+    T, n = X.shape
+    Xp = np.zeros((T, 4 * nb), np.float32)                                     # [T, 4 nb]: padding adds 0
+    Xp[:, :n] = X
+    out = np.empty((T, R), np.float32)
+    P = np.ascontiguousarray(P)
+    work = T * R * n
+    _parallel_for(lambda r: _rows_float(P[r], Xp, out[:, r]), _row_slices(R, work), work=work)
+    return out
 
 
 def matvec_int(P, xq, kernel: str = "addsub"):

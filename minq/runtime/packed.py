@@ -7,7 +7,9 @@ keeps the weights that have a kernel here as they are stored and multiplies thro
     weight                                  one token (decode)                 many tokens (prefill)
     GroupedAffine, 4-bit, groups of 64k     Int4Gemv: fused dequantize-GEMV    row tiles dequantized into a
                                             (minq.runtime.gemv)                small buffer, then BLAS
-    anything else                           float32, as before (``DenseGroup``)
+    TernaryWeight (chapter 11)              2-bit codes times float inputs     the same
+                                            (minq.ternary_kernels.matvec_float)
+    anything else                           float32, as before
 
 ``PackedGroup`` is one group of linears that read the same input (q/k/v, gate/up: ``GROUPS``): its
 ``matmul(X)`` returns their outputs side by side, as the dense path's one GEMM on row-stacked weights
@@ -81,8 +83,41 @@ class _Int4Linear:
         return Y
 
 
+class _TernaryLinear:
+    """A ``TernaryWeight`` kept packed (2 bits a weight): ``gamma * (X @ codes^T)`` from the 2-bit codes per
+    token (``minq.ternary_kernels.matvec_float``: float inputs, the weights-only product), dequantized row
+    tiles + BLAS for prefill. Under BitNet's int8 input hooks ``X`` is already ``x_hat``."""
+
+    def __init__(self, w):
+        self.w, self.shape = w, w.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
+
+    def matmul(self, X, rows=slice(None), parts=None):
+        from minq import ternary_kernels
+        from minq.packing import unpack
+
+        w = self.w
+        r = range(self.shape[0])[rows]
+        if len(X) <= DECODE_TOKENS:
+            Y = ternary_kernels.matvec_float(w.packed[r.start:r.stop], X) * w.gamma     # [T, rows]
+            return Y
+        Y = np.empty((len(X), len(r)), np.float32)
+        for a in range(0, len(r), TILE):
+            lo, hi = r.start + a, min(r.start + a + TILE, r.stop)
+            W_t = (unpack(w.packed[lo:hi], 2, self.shape[1]).astype(np.float32) - 1) * w.gamma   # [tile, in]
+            np.matmul(X, W_t.T, out=Y[:, a:a + hi - lo])
+        return Y
+
+
 def packed_linear(w):
     """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32)."""
+    from minq.ternary import TernaryWeight
+
+    if isinstance(w, TernaryWeight):
+        return _TernaryLinear(w)
     if (isinstance(w, GroupedAffine) and w.bits == 4 and w.zero_point == "int" and w.ragged_group_size is None
             and isinstance(w.packed, np.ndarray) and w.g % BLOCK == 0):
         return _Int4Linear(w)

@@ -107,3 +107,37 @@ def test_packed_model_with_hooks_and_wrappers(tiny):
                                                                 group_size=64)}).packed()
     assert isinstance(mixed._W[("blk.0.ffn_down",)], np.ndarray)          # no 3-bit kernel: float32, as before
     assert np.allclose(mixed.logits(ids), mixed.dequantized().logits(ids), rtol=1e-4, atol=1e-4)
+
+
+@given(data=st.data())
+def test_packed_ternary_linear_property(data):
+    from minq.ternary import TernaryWeight
+
+    out, n = data.draw(st.integers(1, 80)), data.draw(st.integers(1, 300))
+    T = data.draw(st.sampled_from([1, DECODE_TOKENS, DECODE_TOKENS + 1]))
+    el = st.floats(-100, 100, width=32)
+    w = TernaryWeight.quantize(data.draw(hnp.arrays(F32, (out, n), elements=el)))
+    X = data.draw(hnp.arrays(F32, (T, n), elements=el))
+    a = data.draw(st.integers(0, out - 1))
+    b = data.draw(st.integers(a + 1, out))
+    W_hat = w.dequantize().astype(np.float64)
+    ref = X.astype(np.float64) @ W_hat.T
+    tol = 2 * (n + 4) * np.finfo(F32).eps * (np.abs(X).astype(np.float64) @ np.abs(W_hat).T) + 4 * n * 2.0**-149
+    got = packed_linear(w).matmul(X, slice(a, b))
+    assert got.shape == (T, b - a) and (np.abs(got - ref[:, a:b]) <= tol[:, a:b]).all()
+
+
+@pytest.mark.parametrize("scheme", ["ternary", "ternary-a32"])
+def test_packed_ternary_models(tiny, scheme):
+    """BitNet's W1.58A8 (int8 input hooks, then the packed 2-bit product) and weights-only ternary."""
+    q = minq.quantize(tiny, scheme, progress=False)
+    p = q.packed()
+    inner = p.model if scheme == "ternary" else p                          # ActQuantModel wraps the model
+    assert all(isinstance(W, PackedGroup) for W in inner._W.values())
+    ids = np.arange(40) % 96
+    want = q.logits(ids)
+    assert np.allclose(p.logits(ids), want, rtol=1e-4, atol=1e-4)
+    cache = p.new_cache()
+    p.logits(ids[:36], cache=cache)
+    steps = [p.logits(ids[t:t + 1], cache=cache)[-1] for t in range(36, 40)]
+    assert np.allclose(np.stack(steps), want[36:40], rtol=1e-4, atol=1e-4)
