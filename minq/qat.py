@@ -123,15 +123,21 @@ def fake_quantize(W, *, bits: int, group_size=-1, symmetric: bool = False, ste: 
     return _StraightThrough.apply(W, qp, group_size, ste == "clipped")
 
 
+def int8_scales(Xf):
+    """Per-token int8 scales of a float32 tensor ``Xf [..., in]``: ``sx = max(max|X_t| / 127, 2^-126)``, 1 for
+    a row of zeros — ``minq.w8a8.Int8Activations("dynamic")``'s NumPy scales bit for bit. ``[..., 1]``."""
+    amax = Xf.abs().amax(-1, keepdim=True)                                  # [..., 1]
+    sx = torch.clamp(amax / 127.0, min=float(np.finfo(np.float32).tiny))    # float32, as w8a8's numpy scales
+    return torch.where(amax > 0, sx, torch.ones_like(amax))
+
+
 class _ActInt8(torch.autograd.Function):
     """Per-token symmetric int8 of ``X [..., in]``, as chapter 04's ``Int8Activations("dynamic")``; STE backward."""
 
     @staticmethod
     def forward(ctx, X):
         Xf = X.detach().float()
-        amax = Xf.abs().amax(-1, keepdim=True)                              # [..., 1]
-        sx = torch.clamp(amax / 127.0, min=float(np.finfo(np.float32).tiny))   # float32, as w8a8's numpy scales
-        sx = torch.where(amax > 0, sx, torch.ones_like(amax))
+        sx = int8_scales(Xf)                                                # [..., 1]
         return (torch.clamp(torch.round(Xf / sx), -128, 127) * sx).to(X.dtype)
 
     @staticmethod

@@ -87,36 +87,34 @@ def _rows_float(P, X, out):
             out[t, r] = s
 
 
-def matvec_float(P, X):
-    """``float32 [T, out] = X [T, in] @ codes^T`` for the packed ternary codes ``P uint8 [out, ceil(in / 4)]``
-    and float32 ``X``: equal to the float64 product within float32 rounding of sums of ``in`` terms."""
+def _by_rows(rows, P, X, dtype, out_dtype):
+    """Run the row kernel ``rows(P[r], Xp, out[:, r])`` on the runtime's threads: ``X [T, in]`` copied into
+    ``Xp [T, 4 nb]`` of ``dtype``, zero-padded (padding codes then add 0); returns ``out [T, out]``."""
     from minq.runtime.parallel import _parallel_for, _row_slices
 
     R, nb = P.shape
     T, n = X.shape
-    Xp = np.zeros((T, 4 * nb), np.float32)                                     # [T, 4 nb]: padding adds 0
+    Xp = np.zeros((T, 4 * nb), dtype)                                          # [T, 4 nb]
     Xp[:, :n] = X
-    out = np.empty((T, R), np.float32)
+    out = np.empty((T, R), out_dtype)
     P = np.ascontiguousarray(P)
     work = T * R * n
-    _parallel_for(lambda r: _rows_float(P[r], Xp, out[:, r]), _row_slices(R, work), work=work)
+    _parallel_for(lambda r: rows(P[r], Xp, out[:, r]), _row_slices(R, work), work=work)
     return out
+
+
+def matvec_float(P, X):
+    """``float32 [T, out] = X [T, in] @ codes^T`` for the packed ternary codes ``P uint8 [out, ceil(in / 4)]``
+    and float32 ``X``: equal to the float64 product within float32 rounding of sums of ``in`` terms."""
+    return _by_rows(_rows_float, P, X, np.float32, np.float32)
 
 
 def matvec_int(P, xq, kernel: str = "addsub"):
     """``int32 [T, out] = xq [T, in] @ codes^T`` for the packed ternary codes ``P uint8 [out, ceil(in / 4)]``
     and int8 ``xq``; ``kernel`` ``"addsub"`` (no multiplications) or ``"mul"``: the same integers."""
     from minq._checks import check_choice
-    from minq.runtime.parallel import _parallel_for, _row_slices
 
     check_choice(kernel, "kernel", KERNELS)
-    R, nb = P.shape
-    T, n = xq.shape
-    X = np.zeros((T, 4 * nb), np.int32 if kernel == "addsub" else np.int16)   # [T, 4 nb]: padding adds 0
-    X[:, :n] = xq
-    acc = np.empty((T, R), np.int32)
-    P = np.ascontiguousarray(P)
-    work = T * R * n
-    rows = _rows_addsub if kernel == "addsub" else _rows_mul
-    _parallel_for(lambda r: rows(P[r], X, acc[:, r]), _row_slices(R, work), work=work)
-    return acc
+    if kernel == "addsub":
+        return _by_rows(_rows_addsub, P, xq, np.int32, np.int32)
+    return _by_rows(_rows_mul, P, xq, np.int16, np.int32)

@@ -38,7 +38,8 @@ TILE = 256
 @njit
 def _dequant_rows_int4(P, s, m, g, out):
     """``out[r, j] = s[r, G] q[r, j] + m[r, G]`` (``G = j // g``) for the 4-bit codes ``P [R, in / 2]`` (low
-    nibble first): chapter 03's ``s (q - z)`` with ``m = -s z`` (float32; within one rounding of it)."""
+    nibble first): chapter 03's ``s (q - z)`` with ``m = -s z`` (float32; within one rounding of it). Serial:
+    chapter 03's own dequantize kernel is ``parallel=True``, which must not run inside the runtime's pool."""
     R, G = s.shape
     half = g // 2
     for r in range(R):
@@ -49,6 +50,16 @@ def _dequant_rows_int4(P, s, m, g, out):
                 b = np.uint32(p[j])
                 o[2 * j] = sg * np.float32(b & np.uint32(15)) + mg
                 o[2 * j + 1] = sg * np.float32(b >> np.uint32(4)) + mg
+
+
+def _prefill(X, r: range, tile):
+    """``X [T, in] @ W_hat[r]^T -> [T, len(r)]`` with ``tile(lo, hi)`` giving the float32 rows ``lo:hi`` of
+    ``W_hat``, ``TILE`` rows at a time: one BLAS product per tile, no full float32 matrix."""
+    Y = np.empty((len(X), len(r)), np.float32)
+    for a in range(0, len(r), TILE):
+        lo, hi = r.start + a, min(r.start + a + TILE, r.stop)
+        np.matmul(X, tile(lo, hi).T, out=Y[:, a:a + hi - lo])                  # [T, tile]
+    return Y
 
 
 class _Int4Linear:
@@ -73,14 +84,13 @@ class _Int4Linear:
                 parts[k.g] = [split_input(x, k.g) for x in X]
             Y = np.stack([k.product(p) for p in parts[k.g]])                    # [T, out]
             return Y if r == range(self.shape[0]) else Y[:, rows]
-        Y = np.empty((len(X), len(r)), np.float32)
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
-        for a in range(0, len(r), TILE):
-            t = range(r.start + a, min(r.start + a + TILE, r.stop))
-            W_t = buf[:len(t)]
-            _dequant_rows_int4(k.P[t.start:t.stop], k.s[t.start:t.stop], k.m[t.start:t.stop], k.g, W_t)
-            np.matmul(X, W_t.T, out=Y[:, a:a + len(t)])                        # [T, tile]
-        return Y
+
+        def tile(lo, hi):
+            _dequant_rows_int4(k.P[lo:hi], k.s[lo:hi], k.m[lo:hi], k.g, buf[:hi - lo])
+            return buf[:hi - lo]
+
+        return _prefill(X, r, tile)
 
 
 class _TernaryLinear:
@@ -104,12 +114,8 @@ class _TernaryLinear:
         if len(X) <= DECODE_TOKENS:
             Y = ternary_kernels.matvec_float(w.packed[r.start:r.stop], X) * w.gamma     # [T, rows]
             return Y
-        Y = np.empty((len(X), len(r)), np.float32)
-        for a in range(0, len(r), TILE):
-            lo, hi = r.start + a, min(r.start + a + TILE, r.stop)
-            W_t = (unpack(w.packed[lo:hi], 2, self.shape[1]).astype(np.float32) - 1) * w.gamma   # [tile, in]
-            np.matmul(X, W_t.T, out=Y[:, a:a + hi - lo])
-        return Y
+        return _prefill(X, r, lambda lo, hi: (unpack(w.packed[lo:hi], 2, self.shape[1]).astype(np.float32) - 1)
+                        * w.gamma)                                            # [tile, in]
 
 
 def packed_linear(w):
