@@ -123,7 +123,7 @@ def fake_quantize(W, *, bits: int, group_size=-1, symmetric: bool = False, ste: 
     return _StraightThrough.apply(W, qp, group_size, ste == "clipped")
 
 
-def int8_scales(Xf):
+def _int8_scales(Xf):
     """Per-token int8 scales of a float32 tensor ``Xf [..., in]``: ``sx = max(max|X_t| / 127, 2^-126)``, 1 for
     a row of zeros — ``minq.w8a8.Int8Activations("dynamic")``'s NumPy scales bit for bit. ``[..., 1]``."""
     amax = Xf.abs().amax(-1, keepdim=True)                                  # [..., 1]
@@ -137,7 +137,7 @@ class _ActInt8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X):
         Xf = X.detach().float()
-        sx = int8_scales(Xf)                                                # [..., 1]
+        sx = _int8_scales(Xf)                                                # [..., 1]
         return (torch.clamp(torch.round(Xf / sx), -128, 127) * sx).to(X.dtype)
 
     @staticmethod

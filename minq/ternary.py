@@ -244,10 +244,10 @@ def _matvec_torch(w: TernaryWeight, x):
     ``in <= 131072``), then ``(acc * sx) * gamma``: NumPy's values bit for bit."""
     import torch
 
-    from minq.qat import int8_scales
+    from minq.qat import _int8_scales
 
     X = torch.atleast_2d(x.detach().float())                                   # [T, in]
-    sx = int8_scales(X)                                                        # [T, 1], as Int8Activations
+    sx = _int8_scales(X)                                                        # [T, 1], as Int8Activations
     xq = torch.clamp(torch.round(X / sx), -128, 127)                           # integers, float32
     C = torch.from_numpy(w.codes).to(device=x.device, dtype=torch.float32)    # [out, in]
     y = (xq @ C.T) * sx * float(w.gamma)                                       # exact integer sums
