@@ -53,6 +53,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             "notebooks/10_fp8_and_block_formats.ipynb", methods=("minq.fp8_model", "minq.mx_model", "minq.nf4")),
     Chapter(11, "ternary weights", ("minq/ternary.py", "minq/ternary_kernels.py", "minq/bitnet.py"),
             "notebooks/11_ternary.ipynb", methods=("minq.ternary",)),
+    Chapter(12, "rotations and HQQ", ("minq/rotation.py", "minq/rotation_model.py", "minq/hqq.py"),
+            "notebooks/12_rotations_and_hqq.ipynb", methods=("minq.rotation_model", "minq.hqq")),
 )
 
 

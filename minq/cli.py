@@ -8,6 +8,8 @@
     minq quantize MODEL.gguf --type Q4_K_M -o OUT.gguf      requantize a GGUF to a llama.cpp mix (chapter 08)
          [--imatrix FILE]                                   ... with an importance matrix
     minq imatrix MODEL.gguf -o FILE                         collect one on minq's calibration text (GGUF or .dat)
+    minq generate [--model NAME|PATH] [--scheme NAME] "prompt"   stream a reply (the file's chat template),
+         [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--raw]    greedy by default; tokens/s at the end
 
 Errors of the user's making (ValueError, TypeError, FileNotFoundError, RuntimeError; file-system
 errors, OSError) print ``minq: error: ...`` and exit with status 2; Ctrl-C exits with 130.
@@ -19,6 +21,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from minq import registry
 
@@ -58,6 +62,17 @@ def main(argv=None) -> int:
     im.add_argument("-o", "--out", required=True, help="output file: .gguf (llama.cpp's format) or .dat (legacy)")
     im.add_argument("--chunks", type=int, default=128, help="calibration windows (default 128)")
     im.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    g = sub.add_parser("generate", help="generate text from a (quantized) model, streamed, with tokens/s",
+                       description="The prompt goes through the GGUF's chat template as one user message "
+                                   "(--raw: as plain text). A quantized model runs packed where minq has a kernel.")
+    g.add_argument("prompt", help="the user's message (or, with --raw, the text to continue)")
+    g.add_argument("--model", default="smollm2", help="model name or Llama .gguf path (default smollm2)")
+    g.add_argument("--scheme", default=None, help="a registered scheme name (default: no quantization)")
+    g.add_argument("--max-tokens", type=int, default=128, help="new tokens at most (default 128)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampled")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    g.add_argument("--raw", action="store_true", help="continue the prompt text; no chat template")
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -138,6 +153,8 @@ def _run(args) -> int:
         return _quantize(args)
     if args.cmd == "imatrix":
         return _imatrix(args)
+    if args.cmd == "generate":
+        return _generate(args)
     return _report(args)
 
 
@@ -171,6 +188,52 @@ def _imatrix(args) -> int:
     write_imatrix(im, out)
     print(f"wrote {out}: {len(im.sums)} entries, {im.chunk_count} chunks of {im.chunk_size} tokens "
           f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _generate(args, out=None) -> int:
+    import minq
+    from minq.generate import _check_sampling, generate
+
+    out = sys.stdout if out is None else out
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    _check_sampling(args.temperature, args.top_p)
+    if args.scheme:
+        registry.get(args.scheme)                       # an unknown name fails before the model loads
+    model = minq.load_model(args.model)
+    tok = model.tokenizer
+    text = args.prompt if args.raw else tok.apply_chat_template([{"role": "user", "content": args.prompt}])
+    prompt = np.asarray(tok.encode(text), np.int64)
+    if args.scheme:
+        model = minq.quantize(model, args.scheme)
+        if hasattr(model, "packed"):
+            model = model.packed()                      # weights stay packed where a kernel exists
+    new, shown, t = [], "", {}
+
+    def on_token(tid):
+        nonlocal shown
+        t.setdefault("first", time.perf_counter())
+        new.append(tid)
+        if tid == tok.eos_id:
+            return
+        full = tok.decode(new)
+        if not full.endswith("\ufffd"):               # a character split over tokens: wait for the rest
+            out.write(full[len(shown):])
+            out.flush()
+            shown = full
+
+    t0 = time.perf_counter()
+    generate(model, prompt, min(args.max_tokens, model.config.context_length - len(prompt)),
+             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+             stop_ids=() if tok.eos_id is None else (tok.eos_id,), on_token=on_token)
+    end = time.perf_counter()
+    out.write("\n")
+    first = t.get("first", end)                         # prefill: the prompt's forward and the first token
+    rate = (len(new) - 1) / (end - first) if len(new) > 1 and end > first else float("nan")
+    print(f"prompt {len(prompt)} tokens in {first - t0:.2f} s ({len(prompt) / max(first - t0, 1e-9):.0f} tokens/s); "
+          f"decode {len(new)} tokens, {rate:.1f} tokens/s (model {args.model}, scheme {args.scheme or 'none (float32)'}"
+          f"{', packed' if getattr(model, 'is_packed', False) else ''})", file=sys.stderr)
     return 0
 
 

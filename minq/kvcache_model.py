@@ -15,7 +15,8 @@ with one forward per window.
 
 Scheme names (``registry.get``): ``kv-{int8|int4|int2|fp8-e4m3|fp8-e5m2}`` with options
 ``-kivi`` (keys per channel, values per token, a window of 128 float positions), ``-k{token|channel}``
-(the keys' axis), ``-g{group}``, ``-r{window}``, ``-prerope``. A ``kv-*`` scheme stacks on a weight
+(the keys' axis), ``-g{group}``, ``-r{window}``, ``-prerope``, ``-had`` (stored rotated by a head-size
+Hadamard: chapter 12). A ``kv-*`` scheme stacks on a weight
 scheme: ``WEIGHTS+KV`` quantizes the weights, then the cache.
 
 Notebook: notebooks/09_kv_cache.ipynb.
@@ -75,7 +76,7 @@ class KVQuantModel:
 
 _FMT = {"int8": ("int", 8), "int4": ("int", 4), "int2": ("int", 2), "fp8-e4m3": ("e4m3", 8), "fp8-e5m2": ("e5m2", 8)}
 PATTERN = (r"kv-(?P<fmt>int8|int4|int2|fp8-e4m3|fp8-e5m2)(?P<kivi>-kivi)?(?:-k(?P<axis>token|channel))?"
-           r"(?:-g(?P<group>\d+))?(?:-r(?P<window>\d+))?(?P<prerope>-prerope)?")
+           r"(?:-g(?P<group>\d+))?(?:-r(?P<window>\d+))?(?P<prerope>-prerope)?(?P<had>-had)?")
 
 
 def spec_of(name: str) -> KVSpec:
@@ -88,7 +89,7 @@ def spec_of(name: str) -> KVSpec:
     key_axis = m["axis"] or ("channel" if kivi else "token")
     group = int(m["group"]) if m["group"] else 32
     window = int(m["window"]) if m["window"] else (128 if kivi else 0)
-    return KVSpec(fmt, bits, key_axis, "token", group, window, m["prerope"] is not None)
+    return KVSpec(fmt, bits, key_axis, "token", group, window, m["prerope"] is not None, m["had"] is not None)
 
 
 def _scheme(m: re.Match) -> Scheme:
@@ -96,7 +97,8 @@ def _scheme(m: re.Match) -> Scheme:
     where = {"token": "per token", "channel": "per channel"}
     desc = (f"KV cache {spec.fmt}{spec.bits if spec.fmt == 'int' else ''}: keys {where[spec.key_axis]}"
             f"{' (before RoPE)' if spec.pre_rope else ''}, values {where[spec.value_axis]}, groups of {spec.group}"
-            + (f", the last {spec.window} positions in float" if spec.window else ""))
+            + (f", the last {spec.window} positions in float" if spec.window else "")
+            + (", stored rotated by a head-size Hadamard" if spec.hadamard else ""))
 
     def quantize_model(model, calibration, progress=True):
         return KVQuantModel(model, spec)
@@ -104,6 +106,6 @@ def _scheme(m: re.Match) -> Scheme:
     return Scheme(m.string, desc, quantize_model=quantize_model, stacks=True)
 
 
-register_family("kv", PATTERN, _scheme, "kv-{int8|int4|int2|fp8-e4m3|fp8-e5m2}[-kivi][-k{axis}][-g{G}][-r{R}][-prerope]",
+register_family("kv", PATTERN, _scheme, "kv-{int8|int4|int2|fp8-e4m3|fp8-e5m2}[-kivi][-k{axis}][-g{G}][-r{R}][-prerope][-had]",
                 defaults=("kv-int8", "kv-fp8-e4m3", "kv-int4", "kv-int4-kchannel", "kv-int4-kivi", "kv-int2-kivi"),
                 quick=())

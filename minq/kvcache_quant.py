@@ -15,6 +15,11 @@ A decoder's cache grows by ``2 · n_layers · n_kv · hd`` numbers a token (Smol
     pre_rope  keys are quantized before RoPE (KVQuant, Hooper et al. 2024): RoPE rotates channel pairs
             by position and smears a key's outlier channels over their pair; the cache un-rotates them,
             stores, and rotates the dequantized keys back when attention reads them.
+    hadamard  keys and values are stored rotated by the head-dim Hadamard ``H / sqrt(hd)`` (QuaRot's online
+            Q/K rotation, chapter 12): ``q k^T = (q H)(k H)^T / hd`` and ``p V = (p V H) H^T / hd``, so
+            rotating what is stored and rotating back what is read changes nothing but the rounding —
+            an outlier channel is spread over the head before its group's range is taken. The
+            head size must be a power of two (``H`` symmetric, ``H H / hd = I``).
 
 KIVI (Liu et al., ICML 2024, arXiv:2402.02750) = keys per channel, values per token, groups of 32,
 R = 128: ``KVSpec.kivi(bits)``.
@@ -62,6 +67,7 @@ class KVSpec:
     group: int = 32
     window: int = 0
     pre_rope: bool = False
+    hadamard: bool = False
 
     def __post_init__(self):
         check_choice(self.fmt, "fmt", FORMATS)
@@ -75,6 +81,8 @@ class KVSpec:
         check_int(self.window, "window", lo=0)
         if not isinstance(self.pre_rope, bool):
             raise TypeError(f"pre_rope must be a bool, got {type(self.pre_rope).__name__}")
+        if not isinstance(self.hadamard, bool):
+            raise TypeError(f"hadamard must be a bool, got {type(self.hadamard).__name__}")
 
     @classmethod
     def kivi(cls, bits: int = 4, *, group: int = 32, window: int = 128) -> KVSpec:
@@ -94,6 +102,8 @@ class KVSpec:
     def check_head_dim(self, hd: int) -> None:
         if "token" in (self.key_axis, self.value_axis) and hd % self.group:
             raise ValueError(f"group = {self.group} must divide the head size {hd} for per-token scales")
+        if self.hadamard and hd & (hd - 1):
+            raise ValueError(f"hadamard=True needs a head size that is a power of two, got {hd}")
 
 
 # --- one tensor (keys or values) of one layer, quantized ---------------------------------------------
@@ -213,7 +223,19 @@ def fake_quantize_kv(x, spec: KVSpec, axis: str):
         raise ValueError(f"group = {spec.group} must divide the head size {x.shape[3]} for per-token scales")
     check_float_array(x, "x")
     store = _Store(spec, axis)
-    return _ungroup(store._dequantize(*store._quantize(_groups(namespace(x).f32(x), axis, spec.group))), axis)
+    if spec.hadamard:
+        spec.check_head_dim(x.shape[3])
+    x = _hadamard(namespace(x).f32(x), spec)
+    return _hadamard(_ungroup(store._dequantize(*store._quantize(_groups(x, axis, spec.group))), axis), spec)
+
+
+def _hadamard(x, spec: KVSpec):
+    """``x H / sqrt(hd)`` along the head axis when ``spec.hadamard`` (its own inverse: H symmetric), else x."""
+    if not spec.hadamard:
+        return x
+    from minq.rotation import hadamard_transform
+
+    return hadamard_transform(x)
 
 
 # --- the cache --------------------------------------------------------------------------------------
@@ -256,8 +278,9 @@ class QuantizedKVCache(KVCache):
         vf = v if self._vf[layer] is None else np.concatenate([self._vf[layer], v], axis=2)
         if qp1 > qp0:                                                       # positions leaving the float window
             new_k = kf[:, :, :qp1 - qp0]
-            self._kq[layer].append(self._rotate(new_k, qp0, True) if sp.pre_rope else new_k)
-            self._vq[layer].append(vf[:, :, :qp1 - qp0])
+            new_k = self._rotate(new_k, qp0, True) if sp.pre_rope else new_k
+            self._kq[layer].append(_hadamard(new_k, sp))
+            self._vq[layer].append(_hadamard(vf[:, :, :qp1 - qp0], sp))
         kq, vq = self._dequantized(layer)                                    # [B, nkv, qp1, hd] or None
         self._kf[layer], self._vf[layer] = kf[:, :, qp1 - qp0:], vf[:, :, qp1 - qp0:]
         self._len[layer] = n + T
@@ -272,6 +295,8 @@ class QuantizedKVCache(KVCache):
         """The quantized positions of layer ``layer`` as attention reads them (keys rotated back when stored
         before RoPE): ``(kq, vq)`` float32 ``[B, n_kv, qp, hd]``, or ``(None, None)``."""
         kq, vq = self._kq[layer].read(), self._vq[layer].read()
+        if kq is not None:
+            kq, vq = _hadamard(kq, self.spec), _hadamard(vq, self.spec)
         if kq is not None and self.spec.pre_rope:
             kq = self._rotate(kq, 0, False)
         return kq, vq

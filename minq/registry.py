@@ -157,7 +157,7 @@ def _stacked(name: str) -> Scheme:
     schemes = [get(p) for p in parts]
     for p, s in zip(parts[1:], schemes[1:]):
         if not s.stacks:
-            raise ValueError(f"scheme {name!r}: {p!r} does not stack on another scheme (only KV-cache schemes do)")
+            raise ValueError(f"scheme {name!r}: {p!r} does not stack on another scheme (only KV-cache and input schemes do: kv-*, a{{bits}})")
     if schemes[0].stacks and len(parts) > 1:
         raise ValueError(f"scheme {name!r}: give the weight scheme first ({parts[0]!r} stacks on one)")
 

@@ -42,6 +42,7 @@ import re
 
 import numpy as np
 
+from minq._checks import check_bits
 from minq.calibration import calibrate, check_calibration
 from minq.groups import GroupedAffine, quantize_groups
 from minq.observers import make_observer
@@ -65,15 +66,22 @@ class Int8Activations:
     or ``"outlier"`` (LLM.int8 with ``threshold``). Codes follow minq's convention with ``z = 128``:
     ``q - z = clip(round(X / s), -128, 127)`` (``affine.fake_quantize`` with ``QParams(s, 128, 8)``
     gives the same values bit for bit). A token whose row is all zero gets ``s = 1``.
+    ``bits`` (2..8, default 8; "static" and "dynamic" only) narrows the grid to ``b``-bit signed codes:
+    ``clip(round(X / s), -2^(b-1), 2^(b-1) - 1)`` with ``s = max|X| / (2^(b-1) - 1)`` — chapter 12's
+    W4A4, where per-token int4 inputs break a model unless rotations spread its outliers.
 
     The hook returns ``X_hat`` and remembers the last input: the linears that read the same ``X``
     (q/k/v, gate/up) share one quantization. It is plain NumPy (four vectorised passes, two more for
     per-token scales); in a SmolLM2 forward the hooks take 5-12% of the time (benchmarks/bench_ptq.py).
     """
 
-    def __init__(self, mode: str = "dynamic", *, s=None, threshold: float = 6.0):
+    def __init__(self, mode: str = "dynamic", *, s=None, threshold: float = 6.0, bits: int = 8):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        bits = check_bits(bits, lo=2)
+        if bits != 8 and mode == "outlier":
+            raise ValueError(f"bits must be 8 for mode='outlier' (LLM.int8), got {bits}")
+        self.bits, self.qmax = bits, np.float32(2 ** (bits - 1) - 1)
         if mode == "static":
             if s is None or not np.isfinite(s) or not s > 0:
                 raise ValueError(f"mode='static' needs a finite scale s > 0 (from calibration), got {s!r}")
@@ -86,8 +94,9 @@ class Int8Activations:
         self._x = self._x_hat = None
 
     def __repr__(self):
-        extra = {"static": f", s={self.s:.4g}", "outlier": f", threshold={self.threshold}"}.get(self.mode, "")
-        return f"Int8Activations({self.mode!r}{extra})"
+        extra = {"static": f", s={self.s:.4g}" if self.mode == "static" else "",
+                 "outlier": f", threshold={self.threshold}"}.get(self.mode, "")
+        return f"Int8Activations({self.mode!r}{extra}{'' if self.bits == 8 else f', bits={self.bits}'})"
 
     def scales(self, X):
         """``(sx, cols)``: ``sx`` float32 ``[1, 1]`` (static) or ``[tokens, 1]``; ``cols`` bool ``[in]``,
@@ -103,14 +112,14 @@ class Int8Activations:
         amax = A.max(axis=1, keepdims=True)                                 # [tokens, 1]
         if not np.isfinite(amax).all():       # an Inf or NaN activation: no scale can hold it
             raise ValueError("X contains NaN or Inf (an activation overflowed float32?): int8 cannot hold it")
-        sx = np.maximum(amax / np.float32(127), _F32_TINY)             # a normal scale: no 0 / 0 for tiny rows
+        sx = np.maximum(amax / self.qmax, _F32_TINY)             # a normal scale: no 0 / 0 for tiny rows
         return np.where(amax > 0, sx, np.float32(1)).astype(np.float32), cols
 
     def quantize(self, X):
         """``(Xq int8 [tokens, in], sx, cols)``; the outlier columns of ``Xq`` are 0."""
         X = np.asarray(X, np.float32)
         sx, cols = self.scales(X)
-        Xq = np.clip(np.rint(X / sx), -128, 127).astype(np.int8)
+        Xq = np.clip(np.rint(X / sx), -self.qmax - 1, self.qmax).astype(np.int8)
         if cols is not None:
             Xq[:, cols] = 0
         return Xq, sx, cols
@@ -121,7 +130,7 @@ class Int8Activations:
         sx, cols = self.scales(X)
         t = X / sx                                                          # fused: no int8 round trip
         np.rint(t, out=t)
-        np.clip(t, -128, 127, out=t)
+        np.clip(t, -self.qmax - 1, self.qmax, out=t)
         t *= sx
         if cols is not None and cols.any():
             t[:, cols] = X[:, cols]

@@ -93,3 +93,68 @@ def test_packed_smollm2_generates_its_dequantized_twins_tokens(smollm2):
     q = minq.quantize(smollm2, "rtn-w4g64", progress=False)
     prompt = np.asarray(smollm2.tokenizer.encode("The history of the printing press begins"), np.int64)
     assert generate(q.packed(), prompt, 64) == generate(q, prompt, 64)
+
+
+# --- the chat template and `minq generate` ----------------------------------------------------------------
+
+
+def test_chat_template_renders_as_transformers(smollm2):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    tok = smollm2.tokenizer
+    chats = [[{"role": "user", "content": "Hello"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]]
+    for msgs in chats:
+        for gen in (True, False):
+            want = render_jinja_template(conversations=[msgs], chat_template=tok.chat_template,
+                                         add_generation_prompt=gen, bos_token="<|im_start|>", eos_token="<|im_end|>")[0][0]
+            assert tok.apply_chat_template(msgs, add_generation_prompt=gen) == want
+    assert tok.apply_chat_template(chats[0]).endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="role"):
+        tok.apply_chat_template([{"role": "user"}])
+    with pytest.raises(TypeError, match="messages"):
+        tok.apply_chat_template("Hello")
+
+
+def test_no_chat_template_is_a_clear_error(smollm2):
+    import copy
+
+    tok = copy.copy(smollm2.tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat_template"):
+        tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+def test_cli_generate_streams_the_greedy_reply(smollm2, capsys):
+    from minq.cli import main
+
+    assert main(["generate", "What is the capital of France?", "--max-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    tok = smollm2.tokenizer
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
+    new = generate(smollm2, np.array(prompt), 12, stop_ids=(tok.eos_id,))
+    want = tok.decode([t for t in new if t != tok.eos_id])
+    assert out == want + "\n" and "Paris" in out
+    assert "decode" in err and "tokens/s" in err and f"prompt {len(prompt)} tokens" in err
+
+
+def test_cli_generate_raw_sampled_and_packed(capsys):
+    from minq.cli import main
+
+    args = ["generate", "Once upon a time", "--raw", "--max-tokens", "6", "--temperature", "0.8", "--seed", "3",
+            "--scheme", "rtn-w4g64"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "packed" in first.err and first.out.strip()
+    assert main(args) == 0
+    assert capsys.readouterr().out == first.out                       # the seed makes it reproducible
+
+
+@pytest.mark.parametrize("args, match", [(["--max-tokens", "0"], "max-tokens"), (["--temperature", "-1"], "temperature"),
+                                         (["--top-p", "0"], "top_p"), (["--scheme", "nope"], "unknown scheme")])
+def test_cli_generate_bad_arguments(args, match, capsys):
+    from minq.cli import main
+
+    assert main(["generate", "Hi", *args]) == 2
+    assert match in capsys.readouterr().err

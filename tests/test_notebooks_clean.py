@@ -25,7 +25,7 @@ REQUIRED = ("01_float_formats.ipynb", "02_scale_zero_point.ipynb", "03_group_qua
 # The notebooks that follow the chapter template of notebooks/README.md (every chapter, once converted).
 TEMPLATE = ("01_float_formats.ipynb", "02_scale_zero_point.ipynb", "03_group_quantization.ipynb", "04_ptq.ipynb",
             "05_qat.ipynb", "06_gptq.ipynb", "07_awq.ipynb", "08_kquants.ipynb", "09_kv_cache.ipynb",
-            "10_fp8_and_block_formats.ipynb", "11_ternary.ipynb")
+            "10_fp8_and_block_formats.ipynb", "11_ternary.ipynb", "12_rotations_and_hqq.ipynb")
 
 # The fixed headings of the template, in this order.
 VERDICT = "## The seed's claims, measured"

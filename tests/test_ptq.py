@@ -240,7 +240,7 @@ def test_scheme_names_and_calibration_flags():
         s = registry.get(name)
         assert s.name == name and s.description and s.quantize_model is not None
         assert s.needs_calibration == (name in CALIBRATED)
-    for bad in ["w8a8-p50", "w8a8-p101", "w8a8-static", "llmint8-t0", "smoothquant-w8a8-a2", "w4a8"]:
+    for bad in ["w8a8-p50", "w8a8-p101", "w8a8-static", "llmint8-t0", "smoothquant-w8a8-a2", "w4a2", "w2a8"]:
         with pytest.raises(ValueError, match="scheme|percentile|threshold|alpha"):
             registry.get(bad)
 

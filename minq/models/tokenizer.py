@@ -45,7 +45,7 @@ class Tokenizer:
     """Byte-level BPE tokenizer. ``encode(text) -> list[int]``, ``decode(ids) -> str``."""
 
     def __init__(self, tokens, merges, *, pre: str = "default", token_types=None, bos_id=None,
-                 eos_id=None, add_bos: bool = False):
+                 eos_id=None, add_bos: bool = False, chat_template=None):
         from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as _HFTokenizer
 
@@ -54,6 +54,9 @@ class Tokenizer:
                              f"supported: {', '.join(PRE_TOKENIZERS)}")
         self.tokens = list(tokens)
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, bool(add_bos)
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError(f"chat_template must be a str (a Jinja template) or None, got {type(chat_template).__name__}")
+        self.chat_template = chat_template
         vocab = {t: i for i, t in enumerate(self.tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         tk = _HFTokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
@@ -88,7 +91,29 @@ class Tokenizer:
                    token_types=metadata.get("tokenizer.ggml.token_type"),
                    bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
                    eos_id=metadata.get("tokenizer.ggml.eos_token_id"),
-                   add_bos=metadata.get("tokenizer.ggml.add_bos_token", False))
+                   add_bos=metadata.get("tokenizer.ggml.add_bos_token", False),
+                   chat_template=metadata.get("tokenizer.chat_template"))
+
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of a chat: the file's ``tokenizer.chat_template`` (Jinja, rendered in a sandbox as
+        Hugging Face renders it) over ``messages`` ``[{"role": "user", "content": "..."}, ...]``, ending with
+        the assistant's turn opened when ``add_generation_prompt``. ValueError when the file has no
+        template or a message is not a ``{"role": str, "content": str}``; TypeError for ``messages`` that
+        is not a list."""
+        if self.chat_template is None:
+            raise ValueError("this model's GGUF has no tokenizer.chat_template: give the prompt as plain text")
+        if not isinstance(messages, (list, tuple)):
+            raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+        for m in messages:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise ValueError(f"every message must be {{'role': str, 'content': str}}, got {m!r}")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        name = lambda i: self.tokens[i] if i is not None and 0 <= i < len(self.tokens) else ""   # noqa: E731
+        return env.from_string(self.chat_template).render(
+            messages=list(messages), add_generation_prompt=bool(add_generation_prompt),
+            bos_token=name(self.bos_id), eos_token=name(self.eos_id))
 
     @property
     def vocab_size(self) -> int:
