@@ -209,6 +209,9 @@ def _generate(args, out=None) -> int:
         model = minq.quantize(model, args.scheme)
         if hasattr(model, "packed"):
             model = model.packed()                      # weights stay packed where a kernel exists
+        from minq.runtime.memory import release_memory
+
+        release_memory()                                # the float model's freed heap back to the system
     new, shown, t = [], "", {}
 
     def on_token(tid):

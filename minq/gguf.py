@@ -123,8 +123,8 @@ def _to_float32(data, qtype: str, shape):
 
     from minq import kquants
 
-    if qtype in ("F32", "F16"):
-        return np.asarray(data, np.float32).reshape(shape)
+    if qtype in ("F32", "F16"):                             # a copy: no view keeps the file's map alive
+        return np.array(data, np.float32).reshape(shape)
     if qtype == "BF16":                                   # the top 16 bits of a float32
         return (np.asarray(data).view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
     if qtype in kquants.TYPES:
