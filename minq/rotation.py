@@ -100,7 +100,8 @@ def _split(n) -> tuple[int, int]:
 
 
 def hadamard_sizes(limit: int = 4096) -> list[int]:
-    """Every n <= ``limit`` that ``hadamard`` builds."""
+    """Every n <= ``limit`` that ``hadamard`` builds (ValueError naming ``limit`` when it is not an int >= 1)."""
+    check_int(limit, "limit", lo=1)
     return sorted({K * 2 ** m for K in (1, *PALEY) for m in range(13) if K * 2 ** m <= limit})
 
 

@@ -392,3 +392,21 @@ def test_input_bits_stack_on_any_weight_scheme():
             registry.get(bad)
     with pytest.raises(ValueError, match="does not stack"):
         registry.get("a4+rtn-w4")
+
+
+def test_small_functions_bad_inputs():
+    with pytest.raises(ValueError, match="seed"):
+        rotation.random_signs(8, seed=-1)
+    with pytest.raises(ValueError, match="n"):
+        rotation.random_hadamard(0)
+    with pytest.raises(TypeError, match="n"):
+        rotation.random_signs(8.0)
+    with pytest.raises(ValueError, match="n = 10"):
+        rotation.OnlineHadamard(np.ones(10))
+    with pytest.raises(TypeError, match="Llama"):
+        rotation.fold_norms({"not": "a model"})
+    with pytest.raises(ValueError, match="limit"):
+        rotation.hadamard_sizes(0)
+    assert rotation.hadamard_sizes(12) == [1, 2, 4, 8, 12]
+    s = rotation.random_signs(64, 3)
+    assert s.dtype == F32 and set(np.unique(s)) <= {-1.0, 1.0} and np.array_equal(s, rotation.random_signs(64, 3))
