@@ -91,6 +91,15 @@ def _check_tokens(max_tokens, window: int) -> None:
         raise ValueError(f"--max-tokens must be at least the window ({window} tokens), got {max_tokens}")
 
 
+def _load(args):
+    """``args.model`` loaded, after ``args.scheme`` (if any) is known to exist: an unknown name fails first."""
+    import minq
+
+    if args.scheme:
+        registry.get(args.scheme)
+    return minq.load_model(args.model)
+
+
 def _eval(args) -> int:
     import minq
     from minq.data import eval_tokens
@@ -98,9 +107,7 @@ def _eval(args) -> int:
     if args.window < 2:
         raise ValueError(f"--window must be >= 2, got {args.window}")
     _check_tokens(args.max_tokens, args.window)
-    if args.scheme:
-        registry.get(args.scheme)                       # an unknown name fails before the model loads
-    model = minq.load_model(args.model)
+    model = _load(args)
     ids = eval_tokens(model.tokenizer, max_tokens=args.max_tokens)
     t0 = time.perf_counter()
     if args.scheme:
@@ -191,17 +198,15 @@ def _imatrix(args) -> int:
     return 0
 
 
-def _generate(args, out=None) -> int:
+def _generate(args) -> int:
     import minq
     from minq.generate import _check_sampling, generate
 
-    out = sys.stdout if out is None else out
+    out = sys.stdout
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     _check_sampling(args.temperature, args.top_p)
-    if args.scheme:
-        registry.get(args.scheme)                       # an unknown name fails before the model loads
-    model = minq.load_model(args.model)
+    model = _load(args)
     tok = model.tokenizer
     text = args.prompt if args.raw else tok.apply_chat_template([{"role": "user", "content": args.prompt}])
     prompt = np.asarray(tok.encode(text), np.int64)
