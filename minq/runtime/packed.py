@@ -80,9 +80,10 @@ class _Int4Linear:
         r = range(self.shape[0])[rows]
         if len(X) <= DECODE_TOKENS:
             parts = {} if parts is None else parts
-            if k.g not in parts:
-                parts[k.g] = [split_input(x, k.g) for x in X]
-            Y = np.stack([k.product(p) for p in parts[k.g]])                    # [T, out]
+            key = ("split_input", k.g)                                          # shared by the group
+            if key not in parts:
+                parts[key] = [split_input(x, k.g) for x in X]
+            Y = np.stack([k.product(p) for p in parts[key]])                    # [T, out]
             return Y if r == range(self.shape[0]) else Y[:, rows]
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
 
@@ -118,15 +119,34 @@ class _TernaryLinear:
                         * w.gamma)                                            # [tile, in]
 
 
-def packed_linear(w):
-    """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32)."""
-    from minq.ternary import TernaryWeight
-
-    if isinstance(w, TernaryWeight):
-        return _TernaryLinear(w)
+def _int4_linear(w):
     if (isinstance(w, GroupedAffine) and w.bits == 4 and w.zero_point == "int" and w.ragged_group_size is None
             and isinstance(w.packed, np.ndarray) and w.g % BLOCK == 0):
         return _Int4Linear(w)
+    return None
+
+
+def _ternary_linear(w):
+    from minq.ternary import TernaryWeight
+
+    return _TernaryLinear(w) if isinstance(w, TernaryWeight) else None
+
+
+def _factories() -> list:
+    """The packed kernels, each a function ``w -> packed linear or None`` (None: not its kind of weight).
+
+    A packed linear has ``shape`` (``[out, in]``), ``nbytes`` (the bytes one product reads) and
+    ``matmul(X [T, in], rows=slice(None), parts=None) -> [T, len(rows)]`` float32, ``parts`` being a dict
+    the linears of one group share (each kernel caches there what it derives from ``X`` once per group)."""
+    return [_int4_linear, _ternary_linear]
+
+
+def packed_linear(w):
+    """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32)."""
+    for make in _factories():
+        lin = make(w)
+        if lin is not None:
+            return lin
     return None
 
 
