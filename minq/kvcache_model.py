@@ -67,8 +67,11 @@ class KVQuantModel:
     def with_norms(self, new: dict):
         return KVQuantModel(self.model.with_norms(new), self.spec)
 
-    def packed(self):
-        return KVQuantModel(self.model.packed(), self.spec)
+    def with_head(self, w):
+        return KVQuantModel(self.model.with_head(w), self.spec)
+
+    def packed(self, activations: str = "float"):
+        return KVQuantModel(self.model.packed(activations), self.spec)
 
     def dequantized(self):
         return KVQuantModel(self.model.dequantized(), self.spec)

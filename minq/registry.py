@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from minq.groups import quantize_groups
 
 __all__ = ["Scheme", "Family", "get", "register_family", "quantize_linears", "family_of", "families",
@@ -157,7 +159,8 @@ def _stacked(name: str) -> Scheme:
     schemes = [get(p) for p in parts]
     for p, s in zip(parts[1:], schemes[1:]):
         if not s.stacks:
-            raise ValueError(f"scheme {name!r}: {p!r} does not stack on another scheme (only KV-cache and input schemes do: kv-*, a{{bits}})")
+            raise ValueError(f"scheme {name!r}: {p!r} does not stack on another scheme (only KV-cache, input and "
+                             f"head schemes do: kv-*, a{{bits}}, head-*)")
     if schemes[0].stacks and len(parts) > 1:
         raise ValueError(f"scheme {name!r}: give the weight scheme first ({parts[0]!r} stacks on one)")
 
@@ -221,6 +224,28 @@ register_family("rtn", r"rtn-w(?P<bits>\d+)(?:g(?P<group>\d+))?(?P<sym>-sym)?", 
                 defaults=("rtn-w8", "rtn-w8-sym", "rtn-w4", "rtn-w4-sym", "rtn-w4g64", "rtn-w4g32", "rtn-w4g64-sym",
                           "rtn-w3g64", "rtn-w3g64-sym", "rtn-w2g64"),
                 quick=("rtn-w8", "rtn-w4g64"))
+
+
+def _head(m: re.Match) -> Scheme:
+    inner = get(m["inner"])
+    if inner.quantize_weight is None:
+        raise ValueError(f"scheme {m.string!r}: the head takes a scheme that quantizes each weight on its own "
+                         f"(rtn-*, q8_0, nf4, fp8-*, ...), not {m['inner']!r}")
+
+    def quantize_model(model, calibration, progress=True):
+        if not callable(getattr(model, "with_head", None)):
+            raise TypeError(f"scheme {m.string!r} needs a decoder with an output head (with_head); "
+                            f"{type(model).__name__} has none")
+        W = model.head_weight
+        W = W if isinstance(W, np.ndarray) else W.dequantize()                  # [vocab, d]
+        return model.with_head(inner.quantize_weight(W))
+
+    return Scheme(m.string, f"the output head (and a tied embedding) as {inner.name}: {inner.description}",
+                  quantize_model=quantize_model, stacks=True)
+
+
+# Stacks on a weight scheme: ``rtn-w4g64+head-rtn-w8`` also quantizes the head (21% of SmolLM2's parameters).
+register_family("head", r"head-(?P<inner>[^+]+)", _head, "head-{weight scheme}")
 
 
 def _method_modules() -> tuple[str, ...]:

@@ -221,8 +221,11 @@ class ActQuantModel:
     def with_norms(self, new: dict):
         return ActQuantModel(self.model.with_norms(new), self.act)
 
-    def packed(self):
-        return ActQuantModel(self.model.packed(), self.act)
+    def with_head(self, w):
+        return ActQuantModel(self.model.with_head(w), self.act)
+
+    def packed(self, activations: str = "float"):
+        return ActQuantModel(self.model.packed(activations), self.act)
 
     def dequantized(self):
         return ActQuantModel(self.model.dequantized(), self.act)

@@ -184,8 +184,8 @@ class LlamaModel(LlamaWeights):
 
     def _head(self, x):
         """``x [..., d] -> logits [..., vocab]``: the final RMSNorm and the output projection."""
-        E = self.embedding if self.output is None else self.output                  # [vocab, d]
-        return rms_norm(x, self.norms["output_norm"], self.config.norm_eps) @ E.T   # [..., vocab]
+        n = rms_norm(x, self.norms["output_norm"], self.config.norm_eps)             # [..., d]
+        return self._head_matmul(n.reshape(-1, n.shape[-1]), _matmul).reshape(*n.shape[:-1], -1)   # [..., vocab]
 
     def _linear(self, names: tuple, x, hooks=None, *, matmul=_matmul):
         """``x [..., in] -> x W^T [..., out]`` for the linears ``names`` (a group of ``GROUPS``) that read ``x``.
@@ -223,7 +223,7 @@ class LlamaModel(LlamaWeights):
     def embed(self, ids):
         """``ids [T] or [B, T] -> x float32 [T, d] or [B, T, d]``, the input of block 0 (ids checked as in ``logits``)."""
         ids, _ = self._check_ids(ids, None)
-        return self.embedding[ids]
+        return self._embed_rows(ids)
 
     def run_block(self, i: int, x, *, hooks=None, engine: str = "fast"):
         """Block ``i`` on a full window: ``x [T, d] or [B, T, d] -> same shape``, positions ``0 .. T-1``.
@@ -268,7 +268,7 @@ class LlamaModel(LlamaWeights):
         ids = ids[None] if squeeze else ids                                           # [B, T]
         T = ids.shape[1]
         cos, sin = rope_tables(np.arange(start, start + T), self.config.head_dim, self.config.rope_theta)
-        x = self.embedding[ids]                                                       # [B, T, d]
+        x = self._embed_rows(ids)                                                     # [B, T, d]
         for i in range(self.config.n_layers):
             x = block(i, x, cos, sin, cache, hooks)
         out = head(x[:, -1:] if last_only else x)                                     # [B, T or 1, vocab]
@@ -291,7 +291,7 @@ class LlamaModel(LlamaWeights):
         hooks, X = capturing_hooks(names, hooks)
         hooks = self._check_hooks(hooks)
         ids, _ = self._check_ids(ids, None)
-        x = self.embedding[ids if ids.ndim == 2 else ids[None]]                       # [B, T, d]
+        x = self._embed_rows(ids if ids.ndim == 2 else ids[None])                     # [B, T, d]
         cos, sin = rope_tables(np.arange(x.shape[1]), self.config.head_dim, self.config.rope_theta)
         for i in range(1 + max(int(n.split(".")[1]) for n in names)):
             x = block(i, x, cos, sin, None, hooks)

@@ -122,7 +122,9 @@ class LlamaWeights:
 
     weights: {"blk.{i}.{linear}": quantized-weight object} for every linear of ``LINEARS``;
     norms:   {"blk.{i}.attn_norm" | "blk.{i}.ffn_norm" | "output_norm": float32 [d]};
-    embedding: float32 [vocab, d] (also the output head unless ``output`` [vocab, d] is given).
+    embedding: float32 [vocab, d] (also the output head unless ``output`` [vocab, d] is given), or a
+               weight object of the protocol (a quantized head: ``with_head``);
+    output:    None (tied) or the untied head, float32 [vocab, d] or a weight object.
     """
 
     def __init__(self, config: LlamaConfig, weights: dict, norms: dict, embedding, *, output=None,
@@ -130,20 +132,92 @@ class LlamaWeights:
         self.config = config
         self.tokenizer = tokenizer
         self.norms = norms
-        self.embedding = embedding
-        self.output = output
+        self._embedding, self._output = embedding, output     # as given: float32 arrays or weight objects
+        self._floats = {}                                     # their dequantized float32, made on first use
+        self._head_kernel = None                              # packed: the head's kernel (runtime.packed)
         names = self.linear_names()
         self.weights = check_weight_names(weights, names)
         # {(name, ...): float32 [sum of out, in]}: the dense weights of each group of GROUPS, row-stacked.
         # Each weight is dequantized once, here; groups of an unchanged model are shared (with_weights).
         # packed: a group whose weights all have a packed kernel keeps them packed (``PackedGroup``).
         self.is_packed = bool(packed)
+        self.activations = packed if isinstance(packed, str) else "float"   # packed: True or "float" | "int8"
         self._W = {k: W for k, W in (_stacked or {}).items() if isinstance(W, np.ndarray) or self.is_packed}
         for i in range(config.n_layers):
             for group in GROUPS:
                 key = tuple(f"blk.{i}.{n}" for n in group)
                 if key not in self._W:
                     self._W[key] = self._group(key)
+        if self.is_packed and not isinstance(self.head_weight, np.ndarray):
+            from minq.runtime.packed import packed_linear
+
+            self._head_kernel = packed_linear(self.head_weight, self.activations)
+
+    # --- the embedding and the head -----------------------------------------------------------------
+
+    def _float(self, key: str, a):
+        if a is None or isinstance(a, np.ndarray):
+            return a
+        if key not in self._floats:
+            self._floats[key] = _dense_of(a, key, tuple(a.shape))       # dequantized once, read-only
+        return self._floats[key]
+
+    @property
+    def embedding(self):
+        """The token embedding, float32 ``[vocab, d]`` (dequantized once if it is a quantized tied head)."""
+        return self._float("token_embd", self._embedding)
+
+    @property
+    def output(self):
+        """The untied output head, float32 ``[vocab, d]``, or None when the head is the embedding (tied)."""
+        return self._float("output", self._output)
+
+    @property
+    def head_weight(self):
+        """The output projection as stored: the embedding when tied (a float32 array or a weight object)."""
+        return self._embedding if self._output is None else self._output
+
+    def with_head(self, w) -> LlamaWeights:
+        """A new model whose output head is ``w`` (a weight object of the protocol, ``[vocab, d]``, e.g. a
+        quantized copy of ``head_weight``). Tied embeddings are one tensor, so a tied model's embedding
+        lookups read ``w`` too (as llama.cpp's quantized ``token_embd`` does). ``self`` is left unchanged.
+
+        Raises ValueError for a ``w`` of another shape, TypeError for an object without ``dequantize``."""
+        want = tuple(self.head_weight.shape)
+        if not callable(getattr(w, "dequantize", None)) and not isinstance(w, np.ndarray):
+            raise TypeError(f"w must be a weight object (dequantize(), shape) or a float32 array, got {type(w).__name__}")
+        if tuple(getattr(w, "shape", ())) != want:
+            raise ValueError(f"w must have the head's shape {want}, got {tuple(getattr(w, 'shape', ()))}")
+        if self._output is None:
+            return self._rebuild(embedding=w)
+        return self._rebuild(output=w)
+
+    def _rebuild(self, **changes) -> LlamaWeights:
+        """A model of ``self``'s class with ``changes`` (constructor arguments) and the rest shared."""
+        kw = dict(config=self.config, weights=self.weights, norms=self.norms, embedding=self._embedding,
+                  output=self._output, tokenizer=self.tokenizer,
+                  packed=self.activations if self.is_packed else False, _stacked=self._W)
+        kw.update(changes)
+        config, weights, norms, embedding = (kw.pop(k) for k in ("config", "weights", "norms", "embedding"))
+        return type(self)(config, weights, norms, embedding, **kw)
+
+    def _embed_rows(self, ids):
+        """``embedding[ids]`` float32 ``[..., d]``: rows of the packed head's kernel in a packed model with a
+        quantized tied head (no float32 table), else rows of the float32 embedding."""
+        k = self._head_kernel
+        if k is None or self._output is not None:
+            return self.embedding[ids]
+        flat = np.asarray(ids).reshape(-1)
+        x = np.empty((flat.size, self.config.dim), np.float32)                     # [tokens, d]
+        for j, t in enumerate(flat):
+            x[j] = k.rows(int(t), int(t) + 1)[0]
+        return x.reshape(*np.shape(ids), self.config.dim)
+
+    def _head_matmul(self, x, matmul):
+        """``x [N, d] @ head^T -> [N, vocab]``: the packed head's kernel, or ``matmul(x, E)`` of the float32 head."""
+        if self._head_kernel is not None:
+            return self._head_kernel.matmul(np.ascontiguousarray(x, np.float32))
+        return matmul(x, self.embedding if self._output is None else self.output)
 
     def _group(self, key: tuple):
         """The float32 row-stack of the weights ``key``, or their ``PackedGroup`` in a packed model."""
@@ -154,7 +228,7 @@ class LlamaWeights:
                 w = self.weights[n]
                 if tuple(getattr(w, "shape", ())) != self._expected_shape(n):
                     _dense_of(w, n, self._expected_shape(n))
-            kernels = [packed_linear(self.weights[n]) for n in key]
+            kernels = [packed_linear(self.weights[n], self.activations) for n in key]
             if all(k is not None for k in kernels):
                 return PackedGroup(kernels)
         return _stack_rows([_dense_of(self.weights[n], n, self._expected_shape(n)) for n in key])
@@ -223,22 +297,25 @@ class LlamaWeights:
         """
         check_weight_names(new, self.linear_names(), new=True)
         unchanged = {key: W for key, W in self._W.items() if not set(key) & set(new)}
-        return type(self)(self.config, {**self.weights, **new}, self.norms, self.embedding,
-                          output=self.output, tokenizer=self.tokenizer, packed=self.is_packed, _stacked=unchanged)
+        return self._rebuild(weights={**self.weights, **new}, _stacked=unchanged)
 
-    def packed(self) -> LlamaWeights:
+    def packed(self, activations: str = "float") -> LlamaWeights:
         """This model with its quantized weights kept packed where ``minq.runtime.packed`` has a kernel for
-        them (4-bit grouped affine today; the others stay float32): the same logits within float32 rounding,
-        fewer bytes read per token. ``self`` is left unchanged."""
-        return type(self)(self.config, self.weights, self.norms, self.embedding, output=self.output,
-                          tokenizer=self.tokenizer, packed=True)
+        them (the others stay float32): the same logits within float32 rounding, fewer bytes read per token.
+        ``activations="int8"`` decodes the llama.cpp way where a kernel exists: each token's input to a
+        linear rounded to 8-bit blocks, integer dot products (faster; the logits move by that rounding).
+        ``self`` is left unchanged."""
+        from minq.runtime.packed import ACTIVATIONS
+
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+        return self._rebuild(packed=activations, _stacked=None)
 
     def dequantized(self) -> LlamaWeights:
         """This model with every weight dequantized to float32 once (the default build): its float twin."""
         if not self.is_packed:
             return self
-        return type(self)(self.config, self.weights, self.norms, self.embedding, output=self.output,
-                          tokenizer=self.tokenizer)
+        return self._rebuild(packed=False, _stacked=None)
 
     def with_norms(self, new: dict) -> LlamaWeights:
         """A new model whose RMSNorm gammas ``new`` ({name: float32 [d]}, names of ``model.norms``) replace
@@ -257,8 +334,7 @@ class LlamaWeights:
                 raise ValueError(f"norm {name!r} must be a finite float32 [{self.config.dim}], got shape {g.shape}")
             g.setflags(write=False)
             norms[name] = g
-        return type(self)(self.config, self.weights, norms, self.embedding, output=self.output,
-                          tokenizer=self.tokenizer, packed=self.is_packed, _stacked=self._W)
+        return self._rebuild(norms=norms)
 
     @property
     def nbytes(self) -> int:

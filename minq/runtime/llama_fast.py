@@ -156,5 +156,4 @@ def head(model, x):
     """``model.head(x, engine="reference")``, fast: ``x [..., d] -> logits [..., vocab]`` (RMSNorm kernel,
     the output projection through ``_matmul_t``)."""
     x = _rms_norm(x, model.norms["output_norm"], model.config.norm_eps)
-    E = model.embedding if model.output is None else model.output              # [vocab, d]
-    return _matmul_t(x.reshape(-1, x.shape[-1]), E).reshape(*x.shape[:-1], E.shape[0])
+    return model._head_matmul(x.reshape(-1, x.shape[-1]), _matmul_t).reshape(*x.shape[:-1], -1)   # [..., vocab]

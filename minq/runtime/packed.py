@@ -29,7 +29,7 @@ from minq._jit import njit
 from minq.groups import GroupedAffine
 from minq.runtime.gemv import BLOCK, Int4Gemv, split_input
 
-__all__ = ["PackedGroup", "packed_linear", "DECODE_TOKENS", "TILE"]
+__all__ = ["PackedGroup", "packed_linear", "ACTIVATIONS", "DECODE_TOKENS", "TILE"]
 
 DECODE_TOKENS = 4
 TILE = 256
@@ -86,12 +86,14 @@ class _Int4Linear:
             Y = np.stack([k.product(p) for p in parts[key]])                    # [T, out]
             return Y if r == range(self.shape[0]) else Y[:, rows]
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
+        return _prefill(X, r, lambda lo, hi: self.rows(lo, hi, buf[:hi - lo]))
 
-        def tile(lo, hi):
-            _dequant_rows_int4(k.P[lo:hi], k.s[lo:hi], k.m[lo:hi], k.g, buf[:hi - lo])
-            return buf[:hi - lo]
-
-        return _prefill(X, r, tile)
+    def rows(self, lo: int, hi: int, out=None) -> np.ndarray:
+        """The dequantized rows ``lo:hi`` of ``W_hat``, float32 ``[hi - lo, in]`` (into ``out`` if given)."""
+        k = self.gemv
+        out = np.empty((hi - lo, self.shape[1]), np.float32) if out is None else out
+        _dequant_rows_int4(k.P[lo:hi], k.s[lo:hi], k.m[lo:hi], k.g, out)
+        return out
 
 
 class _TernaryLinear:
@@ -108,15 +110,23 @@ class _TernaryLinear:
 
     def matmul(self, X, rows=slice(None), parts=None):
         from minq import ternary_kernels
-        from minq.packing import unpack
 
         w = self.w
         r = range(self.shape[0])[rows]
         if len(X) <= DECODE_TOKENS:
             Y = ternary_kernels.matvec_float(w.packed[r.start:r.stop], X) * w.gamma     # [T, rows]
             return Y
-        return _prefill(X, r, lambda lo, hi: (unpack(w.packed[lo:hi], 2, self.shape[1]).astype(np.float32) - 1)
-                        * w.gamma)                                            # [tile, in]
+        return _prefill(X, r, self.rows)
+
+    def rows(self, lo: int, hi: int, out=None) -> np.ndarray:
+        """The dequantized rows ``lo:hi``, float32 ``[hi - lo, in]``: ``gamma * (codes - 1)``."""
+        from minq.packing import unpack
+
+        W = (unpack(self.w.packed[lo:hi], 2, self.shape[1]).astype(np.float32) - 1) * self.w.gamma   # [rows, in]
+        if out is None:
+            return W
+        out[...] = W
+        return out
 
 
 def _int4_linear(w):
@@ -137,13 +147,35 @@ def _factories() -> list:
 
     A packed linear has ``shape`` (``[out, in]``), ``nbytes`` (the bytes one product reads) and
     ``matmul(X [T, in], rows=slice(None), parts=None) -> [T, len(rows)]`` float32, ``parts`` being a dict
-    the linears of one group share (each kernel caches there what it derives from ``X`` once per group)."""
+    the linears of one group share (each kernel caches there what it derives from ``X`` once per group),
+    and ``rows(lo, hi, out=None) -> float32 [hi - lo, in]``, the dequantized rows ``lo:hi`` (prefill tiles,
+    and the embedding lookups of a quantized tied head)."""
     return [_int4_linear, _ternary_linear]
 
 
-def packed_linear(w):
-    """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32)."""
-    for make in _factories():
+def _int4_q8_linear(w):
+    from minq.runtime.gemv_q8 import Int4GemvQ8
+
+    return Int4GemvQ8(w) if _int4_linear(w) is not None else None
+
+
+def _int8_input_factories() -> list:
+    """Kernels that round each decoded token to 8 bits and multiply integers (``activations="int8"``)."""
+    return [_int4_q8_linear]
+
+
+ACTIVATIONS = ("float", "int8")
+
+
+def packed_linear(w, activations: str = "float"):
+    """The packed kernel of weight object ``w``, or None when there is none (the weight stays float32).
+
+    ``activations``: ``"float"`` multiplies the float32 input (equal to dequantize-then-matmul within
+    float32 rounding); ``"int8"`` decodes the llama.cpp way where a kernel exists (``minq.runtime.gemv_q8``:
+    the input rounded to 8-bit blocks, integer dot products), the float kernel elsewhere."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    for make in (_int8_input_factories() if activations == "int8" else []) + _factories():
         lin = make(w)
         if lin is not None:
             return lin
