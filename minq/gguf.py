@@ -39,7 +39,9 @@ class GGUFFile:
 
     metadata: {key: value} (strings, numbers, lists) — e.g. ``metadata["llama.block_count"] == 30``.
     tensors:  {name: float32 array} in NumPy order, a linear weight ``W [out, in]``; attn_q/attn_k
-              rows already in the Hugging Face (half-split RoPE) order.
+              rows already in the Hugging Face (half-split RoPE) order. Read with ``dequantize=False``,
+              a tensor of a ggml block type minq implements is a ``minq.kquants.GGMLWeight`` instead
+              (its bytes, rows in the same order).
     types:    {name: ggml type name as stored, e.g. "Q4_1"}.
     """
 
@@ -69,8 +71,9 @@ def unpermute_qk(W, n_head: int):
     return W.reshape(n_head, d // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
 
 
-def read_gguf(path, *, progress: bool = True) -> GGUFFile:
-    """Parse the GGUF file at ``path``: metadata and every tensor dequantized to float32.
+def read_gguf(path, *, progress: bool = True, dequantize: bool = True) -> GGUFFile:
+    """Parse the GGUF file at ``path``: metadata and every tensor dequantized to float32 (``dequantize=False``:
+    the 2-D tensors of ggml block types that ``minq.kquants`` implements kept as ``GGMLWeight`` blocks).
 
     Raises FileNotFoundError (no such file), ValueError naming the file when it is not a valid GGUF
     (bad magic, truncated, corrupt, a tensor type neither minq nor gguf-py dequantizes) or when its
@@ -102,6 +105,10 @@ def read_gguf(path, *, progress: bool = True) -> GGUFFile:
     for t in tqdm(reader.tensors, desc=f"read {path.name}", disable=not progress, leave=False):
         shape = [int(n) for n in reversed(t.shape)]          # ggml [in, out] -> NumPy [out, in]
         try:
+            if not dequantize and len(shape) == 2 and _is_blocks(t.tensor_type.name):
+                W = _blocks(t.data, t.tensor_type.name, shape, t.name, n_head, n_kv)
+                tensors[t.name], types[t.name] = W, t.tensor_type.name
+                continue
             W = _to_float32(t.data, t.tensor_type.name, shape)
         except Exception as e:
             raise ValueError(f"{path}: cannot dequantize tensor {t.name!r} of type "
@@ -113,6 +120,25 @@ def read_gguf(path, *, progress: bool = True) -> GGUFFile:
         tensors[t.name] = np.ascontiguousarray(W)
         types[t.name] = t.tensor_type.name
     return GGUFFile(path, metadata, tensors, types)
+
+
+def _is_blocks(qtype: str) -> bool:
+    from minq import kquants
+
+    return qtype in kquants.TYPES and qtype not in ("F32", "F16", "BF16")
+
+
+def _blocks(data, qtype: str, shape, name: str, n_head, n_kv):
+    """A 2-D tensor's ggml blocks as a ``GGMLWeight`` (a copy, not a view of the file's map), the rows of
+    attn_q / attn_k put back in the Hugging Face order: a row of blocks moves as a whole."""
+    from minq.kquants import GGMLWeight
+
+    raw = np.array(data, np.uint8).reshape(shape[0], -1)                    # [out, row bytes]
+    if name.endswith("attn_q.weight"):
+        raw = np.ascontiguousarray(unpermute_qk(raw, n_head))
+    elif name.endswith("attn_k.weight"):
+        raw = np.ascontiguousarray(unpermute_qk(raw, n_kv))
+    return GGMLWeight(raw, qtype, tuple(shape))
 
 
 def _to_float32(data, qtype: str, shape):

@@ -90,6 +90,45 @@ def test_read_gguf_ggml_types(tmp_path, rng, qtype):
     assert_equal(g.tensors["blk.0.ffn_down.weight"], want.astype(np.float32))
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16"])
+def test_read_gguf_keeps_blocks(tmp_path, rng, qtype):
+    """``dequantize=False``: block tensors as ``GGMLWeight`` (rows of attn_k put back in the Hugging Face
+    order, whole rows of blocks), the same values as the float32 read; float tensors stay float32."""
+    import gguf
+
+    from minq import kquants
+
+    W = rng.standard_normal((8, 256)).astype(np.float32)                   # 1 KV head of 8 rows
+    t = gguf.GGMLQuantizationType[qtype]
+    raw = W if qtype == "F16" else kquants.quantize(W, qtype)
+    path = tmp_path / "kept.gguf"
+    _write_gguf(path, tensors=[("blk.0.attn_k.weight", raw, t), ("blk.0.ffn_up.weight", raw, t)])
+    floats = read_gguf(path, progress=False)
+    kept = read_gguf(path, progress=False, dequantize=False)
+    for name in ("blk.0.attn_k.weight", "blk.0.ffn_up.weight"):
+        w = kept.tensors[name]
+        if qtype == "F16":
+            assert isinstance(w, np.ndarray) and (w == floats.tensors[name]).all()
+            continue
+        assert isinstance(w, kquants.GGMLWeight) and w.qtype == qtype and w.shape == (8, 256)
+        assert isinstance(w.data, np.ndarray) and not isinstance(w.data, np.memmap)
+        assert_equal(w.dequantize(), floats.tensors[name])
+
+
+def test_model_keeps_blocks(gguf_path):
+    """SmolLM2 read with its Q4_1 linears and Q8_0 embedding kept: the same logits as the float32 load."""
+    from minq.kquants import GGMLWeight
+    from minq.models import load_model
+
+    ref = load_model(gguf_path, progress=False)
+    m = load_model(gguf_path, progress=False, dequantize=False)
+    assert isinstance(m.weights["blk.3.attn_q"], GGMLWeight) and m.weights["blk.3.attn_q"].qtype == "Q4_1"
+    assert isinstance(m.head_weight, GGMLWeight) and m.head_weight.qtype == "Q8_0"
+    assert m.nbytes < ref.nbytes / 5
+    ids = np.arange(1, 40)
+    assert_equal(m.logits(ids), ref.logits(ids))
+
+
 def _blocks(qtype, rng, n_blocks):
     """Hand-built ggml blocks of 32 weights, raw bytes ``[n_blocks, bytes]``, and their values by the
     formula: Q8_0 ``d * q`` (q int8); Q4_0 ``d * (q - 8)``; Q4_1 ``d * q + m`` (q 4-bit: byte j holds

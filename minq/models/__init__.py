@@ -33,10 +33,12 @@ MODELS = ("smollm2", "minilm")
 _ENCODERS = ("minilm",)
 
 
-def load_model(name_or_path, *, progress: bool = True) -> LlamaModel | BertEncoder:
+def load_model(name_or_path, *, progress: bool = True, dequantize: bool = True) -> LlamaModel | BertEncoder:
     """A model by asset name (``"smollm2"``, ``"minilm"``) or from a ``.gguf`` file path.
 
-    ``"minilm"`` gives a ``BertEncoder`` (sentence embeddings), the others a ``LlamaModel``.
+    ``"minilm"`` gives a ``BertEncoder`` (sentence embeddings), the others a ``LlamaModel``: float32 (the
+    reference), or with ``dequantize=False`` the GGUF's ggml blocks kept as they are stored
+    (``LlamaModel.from_gguf``).
 
     Raises ValueError for a name that is neither a known model nor an existing .gguf path (listing the
     known names), FileNotFoundError for a missing .gguf path, and whatever ``minq.models.assets.fetch`` /
@@ -47,9 +49,9 @@ def load_model(name_or_path, *, progress: bool = True) -> LlamaModel | BertEncod
 
         if name_or_path in _ENCODERS:
             return BertEncoder.from_safetensors(assets.fetch(name_or_path))
-        return LlamaModel.from_gguf(assets.fetch(name_or_path), progress=progress)
+        return LlamaModel.from_gguf(assets.fetch(name_or_path), progress=progress, dequantize=dequantize)
     path = Path(name_or_path)
     if path.suffix == ".gguf":
-        return LlamaModel.from_gguf(path, progress=progress)
+        return LlamaModel.from_gguf(path, progress=progress, dequantize=dequantize)
     raise ValueError(f"unknown model {name_or_path!r}: known names {', '.join(MODELS)}, "
                      f"or a path to a Llama-architecture .gguf file")

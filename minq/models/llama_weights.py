@@ -236,12 +236,14 @@ class LlamaWeights:
     # --- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_gguf(cls, path, *, progress: bool = True) -> LlamaWeights:
-        """Load a Llama-architecture GGUF (any type gguf-py dequantizes) as a float32 model."""
+    def from_gguf(cls, path, *, progress: bool = True, dequantize: bool = True) -> LlamaWeights:
+        """Load a Llama-architecture GGUF (any type gguf-py dequantizes) as a float32 model, or, with
+        ``dequantize=False``, with its ggml-block tensors (linears, embedding, head) kept as
+        ``minq.kquants.GGMLWeight``: the file's own quantized model (``model.packed()`` runs it packed)."""
         from minq.gguf import read_gguf
         from minq.models.tokenizer import Tokenizer
 
-        g = read_gguf(path, progress=progress)
+        g = read_gguf(path, progress=progress, dequantize=dequantize)
         cfg = LlamaConfig.from_gguf_metadata(g.metadata)
         t = g.tensors
         try:
@@ -250,9 +252,13 @@ class LlamaWeights:
                 for group in GROUPS:  # one row-stacked array per group; the weights are views of it
                     parts = [t.pop(f"blk.{i}.{n}.weight") for n in group]
                     for n, P in zip(group, parts):
-                        if P.shape != _linear_shape(cfg, n):
-                            raise ValueError(f"{path}: tensor 'blk.{i}.{n}.weight' has shape {P.shape}, "
+                        if tuple(P.shape) != _linear_shape(cfg, n):
+                            raise ValueError(f"{path}: tensor 'blk.{i}.{n}.weight' has shape {tuple(P.shape)}, "
                                              f"expected {_linear_shape(cfg, n)}")
+                    if not all(isinstance(P, np.ndarray) for P in parts):     # blocks kept (dequantize=False)
+                        weights.update({f"blk.{i}.{n}": P if not isinstance(P, np.ndarray) else DenseWeight(P)
+                                        for n, P in zip(group, parts)})
+                        continue
                     W = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
                     W.setflags(write=False)
                     rows = np.cumsum([0] + [len(P) for P in parts])
@@ -268,11 +274,12 @@ class LlamaWeights:
         for name, a in [*norms.items(), ("token_embd", embedding), ("output", output)]:
             if a is None:
                 continue
-            rows = a.shape[0] >= cfg.vocab_size if name in ("token_embd", "output") else a.shape[0] == cfg.dim
-            if a.ndim != (2 if name in ("token_embd", "output") else 1) or a.shape[-1] != cfg.dim or not rows:
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(a.shape)}; vocab_size {cfg.vocab_size} "
+            shape = tuple(a.shape)
+            rows = shape[0] >= cfg.vocab_size if name in ("token_embd", "output") else shape[0] == cfg.dim
+            if len(shape) != (2 if name in ("token_embd", "output") else 1) or shape[-1] != cfg.dim or not rows:
+                raise ValueError(f"{path}: tensor {name!r} has shape {shape}; vocab_size {cfg.vocab_size} "
                                  f"and dim {cfg.dim} need [{cfg.dim}] for a norm, [>= vocab_size, dim] for the embedding")
-            if not np.isfinite(a).all():
+            if isinstance(a, np.ndarray) and not np.isfinite(a).all():   # blocks: checked when dequantized
                 raise ValueError(f"{path}: tensor {name!r} has NaN or Inf values")
         tok = Tokenizer.from_gguf_metadata(g.metadata)
         return cls(cfg, weights, norms, embedding, output=output, tokenizer=tok)

@@ -31,13 +31,14 @@ from __future__ import annotations
 import numpy as np
 
 from minq._checks import check_float_array
-from minq._jit import njit
+from minq._jit import JIT_ENABLED, njit, prange
 from minq.groups import GroupedAffine
 
 __all__ = ["quantize_input", "repack_halves", "gemv_q8_reference", "Int4GemvQ8", "BLOCK"]
 
 BLOCK = 64                      # inputs per activation scale, codes per inner loop (32 bytes)
 _HALF = BLOCK // 2
+THREAD_MIN_WORK = 1 << 18       # codes: smaller products run on the calling thread
 
 
 def quantize_input(x, block: int = BLOCK):
@@ -125,6 +126,18 @@ def _rows_int4_q8(P, s, m, x8, dx, xs, per_group, y):
         y[r] = acc
 
 
+@njit(parallel=True, fastmath=True)
+def _rows_int4_q8_threads(P, s, m, x8, dx, xs, per_group, y, n):
+    """``_rows_int4_q8`` on ``n`` slices of rows, on Numba's threads (a launch costs microseconds, where a
+    hand-off to the runtime's Python pool costs ~0.1 ms: a one-token product of a small layer pays off)."""
+    R = P.shape[0]
+    step = (R + n - 1) // n
+    for c in prange(n):
+        a, b = c * step, min(R, (c + 1) * step)
+        if a < b:
+            _rows_int4_q8(P[a:b], s[a:b], m[a:b], x8, dx, xs, per_group, y[a:b])
+
+
 @njit
 def _dequant_rows_halves(P, s, m, g, out):
     """``out[r, j] = s[r, G] q[r, j] + m[r, G]`` (``G = j // g``) for the codes ``P`` in halves order."""
@@ -162,6 +175,18 @@ class Int4GemvQ8:
         self.m = -self.s * np.broadcast_to(qp.z[..., 0], (out, G)).astype(np.float32)         # [out, G]
         self.P, self.g, self.shape = repack_halves(w.codes.reshape(out, n_in)), w.g, w.shape  # [out, in / 2]
 
+    @classmethod
+    def stack(cls, kernels: list):
+        """One kernel for the row-stack of ``kernels`` (the linears of one input group: q/k/v, gate/up), so
+        a token is one call; None when their inputs or groups differ."""
+        first = kernels[0]
+        if any(type(k) is not cls or k.g != first.g or k.shape[1] != first.shape[1] for k in kernels):
+            return None
+        k = cls.__new__(cls)
+        k.P, k.s, k.m = (np.concatenate([getattr(j, a) for j in kernels]) for a in ("P", "s", "m"))
+        k.g, k.shape = first.g, (sum(j.shape[0] for j in kernels), first.shape[1])
+        return k
+
     @property
     def nbytes(self) -> int:
         """Bytes one product reads: the codes, and s and m as float32."""
@@ -182,16 +207,19 @@ class Int4GemvQ8:
         return x8, dx, xs
 
     def product(self, parts, rows=None) -> np.ndarray:
-        """``y [len(rows)]`` from ``split(x)`` (unchecked), rows over the runtime's threads."""
-        from minq.runtime.parallel import _parallel_for, _row_slices
+        """``y [len(rows)]`` from ``split(x)`` (unchecked), the rows on the runtime's threads when there is
+        work for them (``THREAD_MIN_WORK`` codes) and this thread is not already one of a parallel region."""
+        from minq.runtime.parallel import _free_threads
 
         x8, dx, xs = parts
         r = range(self.shape[0]) if rows is None else rows
         P, s, m = self.P[r.start:r.stop], self.s[r.start:r.stop], self.m[r.start:r.stop]
         y = np.empty(len(r), np.float32)
-        per_group, work = self.g // BLOCK, P.size * 2
-        _parallel_for(lambda q: _rows_int4_q8(P[q], s[q], m[q], x8, dx, xs, per_group, y[q]),
-                      _row_slices(len(r), work), work=work)
+        n = _free_threads() if JIT_ENABLED and P.size * 2 >= THREAD_MIN_WORK else 1
+        if n > 1:
+            _rows_int4_q8_threads(P, s, m, x8, dx, xs, self.g // BLOCK, y, n)
+        else:
+            _rows_int4_q8(P, s, m, x8, dx, xs, self.g // BLOCK, y)
         return y
 
     def matmul(self, X, rows=slice(None), parts=None) -> np.ndarray:
@@ -206,7 +234,10 @@ class Int4GemvQ8:
             key = ("int8 input", self.g)                                      # shared by the group
             if key not in parts:
                 parts[key] = [self.split(x) for x in X]
-            return np.stack([self.product(p, r) for p in parts[key]])          # [T, rows]
+            Y = np.empty((len(X), len(r)), np.float32)                         # [T, rows]
+            for t, p in enumerate(parts[key]):
+                Y[t] = self.product(p, r)
+            return Y
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
         return _prefill(X, r, lambda lo, hi: self.rows(lo, hi, buf[:hi - lo]))
 
