@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     im.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     g = sub.add_parser("generate", help="generate text from a (quantized) model, streamed, with tokens/s",
                        description="The prompt goes through the GGUF's chat template as one user message "
-                                   "(--raw: as plain text). A quantized model runs packed where minq has a kernel.")
+                                   "(--raw: as plain text). A quantized model runs packed where minq has a kernel; "
+                                   "a .gguf path without --scheme runs the file's own quantized blocks.")
     g.add_argument("prompt", help="the user's message (or, with --raw, the text to continue)")
     g.add_argument("--model", default="smollm2", help="model name or Llama .gguf path (default smollm2)")
     g.add_argument("--scheme", default=None, help="a registered scheme name (default: no quantization)")
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     g.add_argument("--raw", action="store_true", help="continue the prompt text; no chat template")
+    g.add_argument("--activations", choices=("float", "int8"), default="float",
+                   help="packed decode: float inputs (default; the dequantized model's logits), or int8 "
+                        "(llama.cpp's way: inputs rounded to 8 bits, integer dot products; faster)")
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -91,13 +95,13 @@ def _check_tokens(max_tokens, window: int) -> None:
         raise ValueError(f"--max-tokens must be at least the window ({window} tokens), got {max_tokens}")
 
 
-def _load(args):
+def _load(args, dequantize: bool = True):
     """``args.model`` loaded, after ``args.scheme`` (if any) is known to exist: an unknown name fails first."""
     import minq
 
     if args.scheme:
         registry.get(args.scheme)
-    return minq.load_model(args.model)
+    return minq.load_model(args.model, dequantize=dequantize)
 
 
 def _eval(args) -> int:
@@ -206,14 +210,16 @@ def _generate(args) -> int:
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     _check_sampling(args.temperature, args.top_p)
-    model = _load(args)
+    own = args.scheme is None and str(args.model).endswith(".gguf")     # a .gguf runs its own blocks
+    model = _load(args, dequantize=not own)
     tok = model.tokenizer
     text = args.prompt if args.raw else tok.apply_chat_template([{"role": "user", "content": args.prompt}])
     prompt = np.asarray(tok.encode(text), np.int64)
-    if args.scheme:
-        model = minq.quantize(model, args.scheme)
+    if args.scheme or own:
+        if args.scheme:
+            model = minq.quantize(model, args.scheme)
         if hasattr(model, "packed"):
-            model = model.packed()                      # weights stay packed where a kernel exists
+            model = model.packed(args.activations)      # weights stay packed where a kernel exists
         from minq.runtime.memory import release_memory
 
         release_memory()                                # the float model's freed heap back to the system
@@ -241,7 +247,8 @@ def _generate(args) -> int:
     rate = (len(new) - 1) / (end - first) if len(new) > 1 and end > first else float("nan")
     print(f"prompt {len(prompt)} tokens in {first - t0:.2f} s ({len(prompt) / max(first - t0, 1e-9):.0f} tokens/s); "
           f"decode {len(new)} tokens, {rate:.1f} tokens/s (model {args.model}, scheme {args.scheme or 'none (float32)'}"
-          f"{', packed' if getattr(model, 'is_packed', False) else ''})", file=sys.stderr)
+          f"{', packed' if getattr(model, 'is_packed', False) else ''}"
+          f"{', int8 inputs' if getattr(model, 'activations', 'float') == 'int8' else ''})", file=sys.stderr)
     return 0
 
 

@@ -151,6 +151,22 @@ def test_cli_generate_raw_sampled_and_packed(capsys):
     assert capsys.readouterr().out == first.out                       # the seed makes it reproducible
 
 
+def test_cli_generate_runs_a_gguf_files_own_blocks(smollm2, capsys):
+    """A .gguf path without --scheme: the file's Q4_1/Q8_0 blocks, packed, reply as the float32 load's."""
+    from minq.cli import main
+    from minq.models import assets
+
+    path = str(assets.fetch("smollm2"))
+    assert main(["generate", "--model", path, "What is the capital of France?", "--max-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    tok = smollm2.tokenizer
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
+    new = generate(smollm2, np.array(prompt), 12, stop_ids=(tok.eos_id,))
+    assert out == tok.decode([t for t in new if t != tok.eos_id]) + "\n" and "packed" in err
+    assert main(["generate", "Hi", "--scheme", "rtn-w4g64", "--activations", "int8", "--max-tokens", "3"]) == 0
+    assert "int8 inputs" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, match", [(["--max-tokens", "0"], "max-tokens"), (["--temperature", "-1"], "temperature"),
                                          (["--top-p", "0"], "top_p"), (["--scheme", "nope"], "unknown scheme")])
 def test_cli_generate_bad_arguments(args, match, capsys):
