@@ -83,16 +83,20 @@ def run_llama_cpp(path, prompt, n: int, threads: int):
 
     llm = Llama(model_path=str(path), n_ctx=len(prompt) + n + 8, n_threads=threads, n_threads_batch=threads,
                 n_batch=512, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits():                          # the context's logits of the last token (llama.cpp's buffer)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(list(map(int, prompt)))
     t1 = time.perf_counter()
     out = []
     for _ in range(n):
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        out.append(int(np.argmax(last_logits())))
         llm.eval([out[-1]])
     t2 = time.perf_counter()
-    del llm
     return t1 - t0, t2 - t1, out
 
 

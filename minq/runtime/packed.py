@@ -5,8 +5,12 @@ model then reads as many bytes per token as the float one and decodes no faster.
 keeps the weights that have a kernel here as they are stored and multiplies through it:
 
     weight                                  one token (decode)                 many tokens (prefill)
-    GroupedAffine, 4-bit, groups of 64k     Int4Gemv: fused dequantize-GEMV    row tiles dequantized into a
-                                            (minq.runtime.gemv)                small buffer, then BLAS
+    GroupedAffine, 8/4/3/2-bit, groups of   GroupedGemv: fused dequantize-     row tiles dequantized into a
+      64k inputs or whole rows              GEMV (minq.runtime.gemv)           small buffer, then BLAS
+    NF4Weight (rows of whole blocks)        NF4Gemv: codebook in registers     the same
+                                            (minq.runtime.gemv_lut)
+    FP8Weight (E4M3 / E5M2)                 FP8Gemv: codes shifted into        the same
+                                            float32 bits (minq.runtime.gemv_lut)
     TernaryWeight (chapter 11)              2-bit codes times float inputs     the same
                                             (minq.ternary_kernels.matvec_float)
     anything else                           float32, as before
@@ -25,31 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from minq._jit import njit
 from minq.groups import GroupedAffine
-from minq.runtime.gemv import BLOCK, Int4Gemv, split_input
+from minq.runtime.gemv import BITS, BLOCK, GroupedGemv, dequant_rows, split_input
 
 __all__ = ["PackedGroup", "packed_linear", "ACTIVATIONS", "DECODE_TOKENS", "TILE"]
 
 DECODE_TOKENS = 4
 TILE = 256
-
-
-@njit
-def _dequant_rows_int4(P, s, m, g, out):
-    """``out[r, j] = s[r, G] q[r, j] + m[r, G]`` (``G = j // g``) for the 4-bit codes ``P [R, in / 2]`` (low
-    nibble first): chapter 03's ``s (q - z)`` with ``m = -s z`` (float32; within one rounding of it). Serial:
-    chapter 03's own dequantize kernel is ``parallel=True``, which must not run inside the runtime's pool."""
-    R, G = s.shape
-    half = g // 2
-    for r in range(R):
-        p, o = P[r], out[r]
-        for gi in range(G):
-            sg, mg = s[r, gi], m[r, gi]
-            for j in range(gi * half, (gi + 1) * half):
-                b = np.uint32(p[j])
-                o[2 * j] = sg * np.float32(b & np.uint32(15)) + mg
-                o[2 * j + 1] = sg * np.float32(b >> np.uint32(4)) + mg
 
 
 def _prefill(X, r: range, tile):
@@ -62,11 +48,12 @@ def _prefill(X, r: range, tile):
     return Y
 
 
-class _Int4Linear:
-    """A 4-bit ``GroupedAffine`` kept packed: GEMV per token for decode, dequantized tiles for prefill."""
+class _GroupedLinear:
+    """A ``GroupedAffine`` of 8, 4, 3 or 2 bits kept packed: GEMV per token for decode (``GroupedGemv``),
+    dequantized tiles for prefill (``minq.runtime.gemv.dequant_rows``)."""
 
     def __init__(self, w: GroupedAffine):
-        self.gemv = Int4Gemv(w)
+        self.gemv = GroupedGemv(w)
         self.shape = w.shape
 
     @property
@@ -75,16 +62,15 @@ class _Int4Linear:
 
     def matmul(self, X, rows=slice(None), parts=None):
         """``X [T, in] @ W_hat[rows]^T -> [T, len(rows)]`` float32; ``parts``: a dict the linears of one
-        group share, so each token's input is split (``split_input``) once per group width."""
+        group share, so each token's input is split (``split_input``) once per group width and code layout."""
         k = self.gemv
         r = range(self.shape[0])[rows]
         if len(X) <= DECODE_TOKENS:
             parts = {} if parts is None else parts
-            key = ("split_input", k.g)                                          # shared by the group
+            key = ("split_input", k.g, k.ways)                                  # shared by the group
             if key not in parts:
-                parts[key] = [split_input(x, k.g) for x in X]
-            Y = np.stack([k.product(p) for p in parts[key]])                    # [T, out]
-            return Y if r == range(self.shape[0]) else Y[:, rows]
+                parts[key] = [split_input(x, k.g, k.ways) for x in X]
+            return np.stack([k.product(p, slice(r.start, r.stop)) for p in parts[key]])   # [T, rows]
         buf = np.empty((min(TILE, len(r)), self.shape[1]), np.float32)
         return _prefill(X, r, lambda lo, hi: self.rows(lo, hi, buf[:hi - lo]))
 
@@ -92,7 +78,7 @@ class _Int4Linear:
         """The dequantized rows ``lo:hi`` of ``W_hat``, float32 ``[hi - lo, in]`` (into ``out`` if given)."""
         k = self.gemv
         out = np.empty((hi - lo, self.shape[1]), np.float32) if out is None else out
-        _dequant_rows_int4(k.P[lo:hi], k.s[lo:hi], k.m[lo:hi], k.g, out)
+        dequant_rows(k.P[lo:hi], k.s[lo:hi], k.m[lo:hi], k.gidx, k.bits, out)
         return out
 
 
@@ -129,11 +115,28 @@ class _TernaryLinear:
         return out
 
 
-def _int4_linear(w):
-    if (isinstance(w, GroupedAffine) and w.bits == 4 and w.zero_point == "int" and w.ragged_group_size is None
-            and isinstance(w.packed, np.ndarray) and w.g % BLOCK == 0):
-        return _Int4Linear(w)
+def _grouped_linear(w, bits=BITS, zero_points=("int", "float")):
+    if (isinstance(w, GroupedAffine) and w.bits in bits and w.zero_point in zero_points
+            and w.ragged_group_size is None and isinstance(w.packed, np.ndarray) and w.g % BLOCK == 0):
+        return _GroupedLinear(w)
     return None
+
+
+def _int4_linear(w):
+    """4-bit groups with integer (or symmetric) zero points: what ``minq.runtime.gemv_q8`` takes too."""
+    return _grouped_linear(w, (4,), ("int",))
+
+
+def _nf4_linear(w):
+    from minq.runtime.gemv_lut import nf4_linear
+
+    return nf4_linear(w)
+
+
+def _fp8_linear(w):
+    from minq.runtime.gemv_lut import fp8_linear
+
+    return fp8_linear(w)
 
 
 def _ternary_linear(w):
@@ -150,7 +153,9 @@ def _factories() -> list:
     the linears of one group share (each kernel caches there what it derives from ``X`` once per group),
     and ``rows(lo, hi, out=None) -> float32 [hi - lo, in]``, the dequantized rows ``lo:hi`` (prefill tiles,
     and the embedding lookups of a quantized tied head)."""
-    return [_int4_linear, _ternary_linear]
+    from minq.runtime.gemv_ggml import ggml_linear
+
+    return [_grouped_linear, _ternary_linear, ggml_linear, _nf4_linear, _fp8_linear]
 
 
 def _int4_q8_linear(w):
@@ -185,10 +190,16 @@ def packed_linear(w, activations: str = "float"):
 class PackedGroup:
     """The linears of one input group, packed: ``matmul(X [T, in]) -> [T, sum of out]``.
 
-    ``linears``: one packed kernel (``packed_linear``) per weight, in the group's order."""
+    ``linears``: one packed kernel (``packed_linear``) per weight, in the group's order. Kernels whose
+    class has ``stack(kernels) -> kernel or None`` become one kernel of the row-stacked weights (one call
+    a token for q/k/v, one for gate/up)."""
 
     def __init__(self, linears: list, rows=None):
         self.linears = list(linears)
+        stack = getattr(type(self.linears[0]), "stack", None)
+        if len(self.linears) > 1 and stack is not None:             # one kernel for the group, where it can
+            fused = stack(self.linears)
+            self.linears = self.linears if fused is None else [fused]
         outs = [lin.shape[0] for lin in self.linears]
         self._starts = np.cumsum([0] + outs)
         self._rows = slice(0, int(self._starts[-1])) if rows is None else rows

@@ -1,5 +1,5 @@
-"""minq.runtime.packed and ``model.packed()``: 4-bit weights kept packed give the dequantized model's
-logits within float32 rounding, on both engines, with a KV cache, with hooks, one token or many."""
+"""minq.runtime.packed and ``model.packed()``: grouped 8/4/3/2-bit weights kept packed give the dequantized
+model's logits within float32 rounding, on both engines, with a KV cache, with hooks, one token or many."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 import minq
 from minq.groups import quantize_groups
 from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
+from minq.runtime.gemv import BITS, BLOCK, SUPER
 from minq.runtime.packed import DECODE_TOKENS, TILE, PackedGroup, packed_linear
 
 F32 = np.float32
@@ -39,10 +40,38 @@ def test_packed_linear_equals_dequantized(T, rng):
     assert (np.abs(lin.matmul(X, slice(17, 290)) - ref[:, 17:290]) <= tol[:, 17:290]).all()
 
 
+def _grouped_bound(w, X):
+    """The float32 error of ``X @ W_hat^T`` summed in any order (superblocks of 256 in the GEMV, BLAS for a
+    prefill of rows of <= 256): ``(SUPER BLOCK + n / BLOCK + G + 8) eps`` times ``|X| @ (|s| (q + |z|))^T``."""
+    qp = w.qparams()
+    out, n = w.shape
+    q = w.codes.astype(np.float64).reshape(out, -1, w.g)
+    Wmag = np.broadcast_to(np.abs(np.float64(qp.s)) * (q + np.abs(np.float64(qp.z))), q.shape).reshape(out, n)
+    depth = SUPER * BLOCK + n / BLOCK + n / w.g + 8
+    return depth * np.finfo(F32).eps * (np.abs(X).astype(np.float64) @ Wmag.T) + 8 * n * 2.0**-149
+
+
+@pytest.mark.parametrize("bits", [8, 3])
+@pytest.mark.parametrize("T", [1, DECODE_TOKENS, DECODE_TOKENS + 1, TILE + 7])
+def test_packed_grouped_linear_int8_int3(bits, T, rng):
+    """8- and 3-bit groups, per group and per channel: decode (GEMV a token) and prefill (tiles of TILE rows,
+    300 > TILE) equal ``X @ W_hat^T`` within the bound, on all rows and on a row range."""
+    W = rng.standard_normal((300, 576)).astype(F32)
+    X = rng.standard_normal((T, 576)).astype(F32)
+    for group in (64, -1):
+        w = quantize_groups(W, bits=bits, group_size=group)
+        lin = packed_linear(w)
+        ref, tol = X.astype(np.float64) @ w.dequantize().astype(np.float64).T, _grouped_bound(w, X)
+        assert (np.abs(lin.matmul(X) - ref) <= tol).all()
+        assert (np.abs(lin.matmul(X, slice(17, 290)) - ref[:, 17:290]) <= tol[:, 17:290]).all()
+        assert np.allclose(lin.rows(5, 9), w.dequantize()[5:9], rtol=1e-6, atol=1e-6 * np.abs(W).max())
+
+
 @given(data=st.data())
 def test_packed_linear_property(data):
-    """Any shape, group width, token count (decode or prefill) and row range: X @ W_hat[rows]^T within the
-    float32 error of the sums."""
+    """Any width, shape, group width, token count (decode or prefill) and row range: X @ W_hat[rows]^T within
+    the float32 error of the sums."""
+    bits = data.draw(st.sampled_from(BITS))
     out, n = data.draw(st.integers(1, 300)), 64 * data.draw(st.integers(1, 4))
     group = data.draw(st.sampled_from([g for g in (64, 128, -1) if g == -1 or n % g == 0]))
     T = data.draw(st.sampled_from([1, 2, DECODE_TOKENS, DECODE_TOKENS + 1, 40]))
@@ -51,12 +80,9 @@ def test_packed_linear_property(data):
     X = data.draw(hnp.arrays(F32, (T, n), elements=el))
     a = data.draw(st.integers(0, out - 1))
     b = data.draw(st.integers(a + 1, out))
-    w = quantize_groups(W, bits=4, group_size=group, symmetric=data.draw(st.booleans()))
+    w = quantize_groups(W, bits=bits, group_size=group, symmetric=data.draw(st.booleans()))
     ref = X.astype(np.float64) @ w.dequantize().astype(np.float64).T                 # [T, out]
-    qp = w.qparams()
-    mag = np.abs(X).astype(np.float64) @ (np.abs(w.codes.astype(np.float64).reshape(out, -1, w.g)) +
-                                          np.abs(np.float64(qp.z))).reshape(out, -1).T * np.abs(np.float64(qp.s)).max()
-    tol = 2 * (64 + n / 64 + 4) * np.finfo(F32).eps * mag + 8 * n * 2.0**-149
+    tol = _grouped_bound(w, X)
     got = packed_linear(w).matmul(X, slice(a, b))
     assert got.shape == (T, b - a) and (np.abs(got - ref[:, a:b]) <= tol[:, a:b]).all()
 
@@ -68,7 +94,7 @@ def test_packed_group_rows_and_kernels(rng):
     W = np.concatenate([w.dequantize() for w in ws])
     assert g.shape == (128, 128) and np.allclose(g.matmul(X), X @ W.T, rtol=1e-5, atol=1e-5)
     assert g[50:100].shape == (50, 128) and np.allclose(g[50:100].matmul(X), X @ W[50:100].T, rtol=1e-5, atol=1e-5)
-    assert packed_linear(quantize_groups(ws[0].dequantize(), bits=3, group_size=64)) is None      # no kernel yet
+    assert packed_linear(quantize_groups(ws[0].dequantize(), bits=5, group_size=64)) is None      # no kernel
     assert packed_linear(quantize_groups(ws[0].dequantize(), bits=4, group_size=32)) is None
     assert packed_linear(ws[0].dequantize()) is None
     with pytest.raises(ValueError, match="X must be"):
@@ -103,10 +129,26 @@ def test_packed_model_with_hooks_and_wrappers(tiny):
     act = ActQuantModel(q, {n: Int8Activations("dynamic") for n in q.linear_names()})
     assert act.packed().model.is_packed
     assert np.allclose(act.packed().logits(ids), act.logits(ids), rtol=1e-4, atol=1e-4)
-    mixed = q.with_weights({"blk.0.ffn_down": quantize_groups(q.weights["blk.0.ffn_down"].dequantize(), bits=3,
+    mixed = q.with_weights({"blk.0.ffn_down": quantize_groups(q.weights["blk.0.ffn_down"].dequantize(), bits=5,
                                                                 group_size=64)}).packed()
-    assert isinstance(mixed._W[("blk.0.ffn_down",)], np.ndarray)          # no 3-bit kernel: float32, as before
+    assert isinstance(mixed._W[("blk.0.ffn_down",)], np.ndarray)          # no 5-bit kernel: float32, as before
     assert np.allclose(mixed.logits(ids), mixed.dequantized().logits(ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", ["rtn-w8g64", "rtn-w3g64", "rtn-w8", "rtn-w2g64-sym"])
+def test_packed_model_logits_grouped_schemes(tiny, scheme):
+    """Every linear of these schemes is packed; the logits equal the dequantized model's within float32
+    rounding, for a prefill and for tokens decoded one at a time."""
+    q = minq.quantize(tiny, scheme, progress=False)
+    p = q.packed()
+    assert all(isinstance(W, PackedGroup) for W in p._W.values())
+    ids = np.arange(24) % 96
+    want = q.logits(ids)
+    assert np.allclose(p.logits(ids), want, rtol=1e-4, atol=1e-4)
+    cache = p.new_cache()
+    p.logits(ids[:20], cache=cache)
+    steps = [p.logits(ids[t:t + 1], cache=cache)[-1] for t in range(20, 24)]
+    assert np.allclose(np.stack(steps), want[20:24], rtol=1e-4, atol=1e-4)
 
 
 @given(data=st.data())
