@@ -43,14 +43,15 @@ flipped, or a block read with its neighbour's scale, falls outside it). ``Groupe
 scales to float32 and ``m`` once, when a model is built: 8 bytes a group (``nbytes``). ``dequant_rows``
 gives the float32 rows of ``W_hat`` for a prefill (tiles, then BLAS).
 
-Speed, one token, 1 thread, weights in L3 (AMD EPYC Zen 4, AVX-512): 8, 4 and 2 bits 16-19 G weights/s,
-3 bits 11-12 (the first int4 kernel: 8-9); from memory on 2 threads, 45-85% of memcpy's read + write
-bandwidth at 4096 x 4096 (see the packed runtime's benchmarks).
+Speed, one token (AMD EPYC Zen 4, AVX-512): 1 thread, weights in L3, 8, 4 and 2 bits 16-19 G weights/s, 3
+bits 10-12 (the first int4 kernel: 8-9, on int64 lanes); from memory, 4096 x 4096 on 2 threads, 0.75 / 0.62
+/ 0.35 / 0.42 of memcpy's bandwidth (read + write bytes) for 8 / 4 / 3 / 2 bits (first int4: 0.34). 3 and 2
+bits are instruction-bound: more decode work per byte read.
 
 The kernels are in ``minq.runtime.gemv_int``. Rows run as one slice per thread of the runtime
-(``minq.runtime.parallel._row_slices``); the kernels are serial (no ``parallel=True`` inside that pool). NF4 and FP8 weights: ``minq.runtime.gemv_lut``; chapter
-11's ternary kernel (``minq.ternary_kernels``) is the 2-bit sibling, and benchmarks/bench_ternary.py races
-them against float32 BLAS.
+(``minq.runtime.parallel._row_slices``); the kernels are serial (no ``parallel=True`` inside that pool).
+NF4 and FP8 weights: ``minq.runtime.gemv_lut``; chapter 11's ternary kernel (``minq.ternary_kernels``) is
+the 2-bit sibling; benchmarks/bench_gemv.py races every kernel against float32 BLAS and memcpy.
 """
 
 from __future__ import annotations

@@ -165,8 +165,14 @@ def _int4_q8_linear(w):
 
 
 def _int8_input_factories() -> list:
-    """Kernels that round each decoded token to 8 bits and multiply integers (``activations="int8"``)."""
-    return [_int4_q8_linear]
+    """Kernels that round each decoded token to 8 bits and multiply integers (``activations="int8"``):
+    chapter 03's 4-bit groups (``minq.runtime.gemv_q8``), Q8_0 and Q4_0 blocks (``minq.runtime.gemv_ggml``)."""
+    from minq.runtime.gemv_ggml import Q8_TYPES, ggml_linear
+
+    def ggml_q8(w):
+        return ggml_linear(w, "int8") if getattr(w, "qtype", None) in Q8_TYPES else None
+
+    return [_int4_q8_linear, ggml_q8]
 
 
 ACTIVATIONS = ("float", "int8")
