@@ -13,6 +13,7 @@ embedding and 21% of its parameters, is quantized with them, in 8 bits, except i
     int8            rtn-w8g64 + head-rtn-w8g64: chapter 03's 8-bit groups
     int4            rtn-w4g64 + head-rtn-w8g64: 4-bit groups of 64, float inputs (the exact product)
     int4-q8         the same, decoded the llama.cpp way: inputs rounded to 8 bits, integer dot products
+    int4-q8-h4      int4-q8 with a 4-bit head too (head-rtn-w4g64): every weight 4-bit
     int4-kv8        int4-q8 with chapter 09's int8 KV cache (kv-int8)
     nf4             nf4 + head-rtn-w8g64 (chapter 10)
     ternary         ternary-a32 + head-rtn-w8g64 (chapter 11; its text is garbage: SmolLM2 is not ternary)
@@ -50,10 +51,11 @@ import minq.models.assets
 
 HEAD = "+head-rtn-w8g64"
 SCHEMES = {"int8": ("rtn-w8g64" + HEAD, "float"), "int4": ("rtn-w4g64" + HEAD, "float"),
-           "int4-q8": ("rtn-w4g64" + HEAD, "int8"), "int4-kv8": ("rtn-w4g64" + HEAD + "+kv-int8", "int8"),
+           "int4-q8": ("rtn-w4g64" + HEAD, "int8"), "int4-q8-h4": ("rtn-w4g64+head-rtn-w4g64", "int8"),
+           "int4-kv8": ("rtn-w4g64" + HEAD + "+kv-int8", "int8"),
            "nf4": ("nf4" + HEAD, "float"), "ternary": ("ternary-a32" + HEAD, "float")}
 FILES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K_M", "q4_1": None}     # None: the asset's own file
-MODELS = ("float32", "int8", "int4", "int4-q8", "int4-kv8", "nf4", "ternary", "q8_0", "q8_0-q8", "q4_0", "q4_0-q8",
+MODELS = ("float32", "int8", "int4", "int4-q8", "int4-q8-h4", "int4-kv8", "nf4", "ternary", "q8_0", "q8_0-q8", "q4_0", "q4_0-q8",
           "q4_k_m", "q4_k_m-q8", "q4_1")
 
 

@@ -51,9 +51,17 @@ def _blas():
     return _BLAS
 
 
+_GETTERS = None         # the BLAS libraries' own thread-count functions (C calls), found on first use
+
+
 def _threads() -> int:
-    """Threads the forward may use: those of numpy's BLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl)."""
-    return max([lib.num_threads for lib in _blas().lib_controllers], default=1)
+    """Threads the forward may use: those of numpy's BLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl). Asked
+    of the libraries directly (``get_num_threads``, a C call each), not through threadpoolctl's
+    properties: a decoded token asks ~150 times, and the properties cost ~7 us a question."""
+    global _GETTERS
+    if _GETTERS is None:
+        _GETTERS = [lib.get_num_threads for lib in _blas().lib_controllers]
+    return max([g() or 1 for g in _GETTERS], default=1)
 
 
 _LOCAL = threading.local()      # .inside: this thread is running an item of a parallel region
