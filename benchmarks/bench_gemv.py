@@ -91,13 +91,17 @@ def main(argv=None):
             x = rng.standard_normal((1, n)).astype(np.float32)
             rows = []
             for fmt in a.formats.split(","):
-                w = quantizer(fmt)(W)
+                try:
+                    w = quantizer(fmt)(W)
+                except ValueError:                            # K-quants: rows of a multiple of 256 only
+                    continue
                 seen = set()
                 for act in ("float", "int8"):
                     k = packed_linear(w, act)
-                    if k is None or type(k) in seen:          # no kernel, or no 8-bit-input one
+                    kind = (type(k), getattr(k, "activations", "float"))
+                    if k is None or kind in seen:             # no kernel, or no 8-bit-input one
                         continue
-                    seen.add(type(k))
+                    seen.add(kind)
                     ks = [k] + [copy.deepcopy(k) for _ in range(max(2, pool // k.nbytes) - 1)]
                     t = per_call([lambda kc=kc, x=x: kc.matmul(x) for kc in ks], a.repeat)
                     del ks
