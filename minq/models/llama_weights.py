@@ -239,7 +239,8 @@ class LlamaWeights:
     def from_gguf(cls, path, *, progress: bool = True, dequantize: bool = True) -> LlamaWeights:
         """Load a Llama-architecture GGUF (any type gguf-py dequantizes) as a float32 model, or, with
         ``dequantize=False``, with its ggml-block tensors (linears, embedding, head) kept as
-        ``minq.kquants.GGMLWeight``: the file's own quantized model (``model.packed()`` runs it packed)."""
+        ``minq.kquants.GGMLWeight``: the file's own quantized model, packed (``model.packed()``; no float32
+        copy is built: ``model.dequantized()`` is its float twin)."""
         from minq.gguf import read_gguf
         from minq.models.tokenizer import Tokenizer
 
@@ -282,7 +283,8 @@ class LlamaWeights:
             if isinstance(a, np.ndarray) and not np.isfinite(a).all():   # blocks: checked when dequantized
                 raise ValueError(f"{path}: tensor {name!r} has NaN or Inf values")
         tok = Tokenizer.from_gguf_metadata(g.metadata)
-        return cls(cfg, weights, norms, embedding, output=output, tokenizer=tok)
+        # blocks kept: packed from the start, so that no float32 copy of the weights is ever built
+        return cls(cfg, weights, norms, embedding, output=output, tokenizer=tok, packed=not dequantize)
 
     def linear_names(self) -> list[str]:
         """Names of every linear weight, block by block: ``blk.0.attn_q``, ..., ``blk.{L-1}.ffn_down``."""
