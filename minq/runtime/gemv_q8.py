@@ -28,6 +28,8 @@ zero; the two agree except on exact halves.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from minq._checks import check_float_array
@@ -39,6 +41,7 @@ __all__ = ["quantize_input", "repack_halves", "gemv_q8_reference", "Int4GemvQ8",
 BLOCK = 64                      # inputs per activation scale, codes per inner loop (32 bytes)
 _HALF = BLOCK // 2
 THREAD_MIN_WORK = 1 << 18       # codes: smaller products run on the calling thread
+_NUMBA_THREADS = threading.Lock()   # held while a product runs on Numba's threads
 
 
 def quantize_input(x, block: int = BLOCK):
@@ -216,8 +219,11 @@ class Int4GemvQ8:
         P, s, m = self.P[r.start:r.stop], self.s[r.start:r.stop], self.m[r.start:r.stop]
         y = np.empty(len(r), np.float32)
         n = _free_threads() if JIT_ENABLED and P.size * 2 >= THREAD_MIN_WORK else 1
-        if n > 1:
-            _rows_int4_q8_threads(P, s, m, x8, dx, xs, self.g // BLOCK, y, n)
+        if n > 1 and _NUMBA_THREADS.acquire(blocking=False):   # Numba's default thread pool takes one
+            try:                                                  # caller at a time (a second one would
+                _rows_int4_q8_threads(P, s, m, x8, dx, xs, self.g // BLOCK, y, n)   # abort the process)
+            finally:
+                _NUMBA_THREADS.release()
         else:
             _rows_int4_q8(P, s, m, x8, dx, xs, self.g // BLOCK, y)
         return y

@@ -202,3 +202,17 @@ def test_packed_int8_model_decodes_as_rounded_inputs(tiny):
     assert p.dequantized().is_packed is False and q.packed().activations == "float"
     with pytest.raises(ValueError, match="activations"):
         q.packed("int4")
+
+
+def test_products_from_several_python_threads(rng):
+    """Products from several Python threads at once (one takes Numba's threads, the others run serially):
+    the same results, and no abort of Numba's thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = quantize_groups(rng.standard_normal((2048, 576)).astype(F32), bits=4, group_size=64)
+    k = Int4GemvQ8(w)
+    xs = [rng.standard_normal(576).astype(F32) for _ in range(16)]
+    want = [k(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(k, xs * 4))
+    assert all(np.array_equal(g, want[i % 16]) for i, g in enumerate(got))
