@@ -55,6 +55,10 @@ CHAPTERS: tuple[Chapter, ...] = (
             "notebooks/11_ternary.ipynb", methods=("minq.ternary",)),
     Chapter(12, "rotations and HQQ", ("minq/rotation.py", "minq/rotation_model.py", "minq/hqq.py"),
             "notebooks/12_rotations_and_hqq.ipynb", methods=("minq.rotation_model", "minq.hqq")),
+    Chapter(14, "the quantized runtime",
+            ("minq/runtime/packed.py", "minq/runtime/gemv.py", "minq/runtime/gemv_int.py", "minq/runtime/gemv_q8.py",
+             "minq/runtime/gemv_lut.py", "minq/runtime/gemv_ggml.py", "minq/runtime/gemv_ggml_kernels.py"),
+            "notebooks/14_quantized_runtime.ipynb"),
 )
 
 

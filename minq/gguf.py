@@ -82,6 +82,8 @@ def read_gguf(path, *, progress: bool = True, dequantize: bool = True) -> GGUFFi
     import gguf
     from tqdm.auto import tqdm
 
+    if not isinstance(dequantize, bool):
+        raise TypeError(f"dequantize must be a bool, got {type(dequantize).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")

@@ -105,6 +105,8 @@ def test_read_gguf_keeps_blocks(tmp_path, rng, qtype):
     _write_gguf(path, tensors=[("blk.0.attn_k.weight", raw, t), ("blk.0.ffn_up.weight", raw, t)])
     floats = read_gguf(path, progress=False)
     kept = read_gguf(path, progress=False, dequantize=False)
+    with pytest.raises(TypeError, match="dequantize"):
+        read_gguf(path, progress=False, dequantize="no")
     for name in ("blk.0.attn_k.weight", "blk.0.ffn_up.weight"):
         w = kept.tensors[name]
         if qtype == "F16":

@@ -49,6 +49,8 @@ def quantize_input(x, block: int = BLOCK):
 
     An all-zero block gets ``dx = 0`` (and codes 0). ValueError naming ``x`` for a non-finite or
     non-vector input, or one whose length ``block`` does not divide."""
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
     check_float_array(x, "x", ndim=1)
     x = np.asarray(x, np.float32)
     if x.shape[0] % block:
@@ -87,7 +89,12 @@ def dequantize_input(x8, dx, block: int = BLOCK) -> np.ndarray:
 
 def repack_halves(codes) -> np.ndarray:
     """4-bit codes ``[out, in]`` (values 0..15, ``in`` a multiple of 64) -> uint8 ``[out, in / 2]`` in the
-    halves order of the module docstring."""
+    halves order of the module docstring. ValueError naming ``codes`` for another shape or a code above 15."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] % BLOCK or codes.shape[1] == 0:
+        raise ValueError(f"codes must be [out, in] with in a positive multiple of {BLOCK}, got shape {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() > 15):
+        raise ValueError("codes must be 4-bit values in 0..15")
     q = np.asarray(codes, np.uint8).reshape(codes.shape[0], -1, BLOCK)          # [out, in / 64, 64]
     return np.ascontiguousarray((q[..., :_HALF] | (q[..., _HALF:] << 4)).reshape(codes.shape[0], -1))
 

@@ -91,6 +91,12 @@ def test_quantize_input_zero_block_and_bad_inputs():
         quantize_input(np.full(64, np.nan, F32))
     with pytest.raises(ValueError, match="x"):
         quantize_input(np.ones((2, 64), F32))
+    with pytest.raises(ValueError, match="block"):
+        quantize_input(np.ones(64, F32), block=0)
+    with pytest.raises(ValueError, match="codes"):
+        repack_halves(np.ones((2, 100), np.uint8))
+    with pytest.raises(ValueError, match="codes"):
+        repack_halves(np.full((2, 64), 16))
 
 
 def test_repack_halves_roundtrip(rng):
