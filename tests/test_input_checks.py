@@ -118,7 +118,7 @@ def test_llama_checkpoint_rejected_at_load(monkeypatch, changes, match):
     from minq.models.llama import LlamaModel
     from minq.models.tokenizer import Tokenizer
 
-    monkeypatch.setattr(minq.gguf, "read_gguf", lambda path, progress=True: _tiny_gguf(**changes))
+    monkeypatch.setattr(minq.gguf, "read_gguf", lambda path, progress=True, dequantize=True: _tiny_gguf(**changes))
     monkeypatch.setattr(Tokenizer, "from_gguf_metadata", staticmethod(lambda md: None))
     with pytest.raises(ValueError, match=match):
         LlamaModel.from_gguf("tiny.gguf", progress=False)
@@ -129,7 +129,7 @@ def test_tiny_checkpoint_loads(monkeypatch):
     from minq.models.llama import LlamaModel
     from minq.models.tokenizer import Tokenizer
 
-    monkeypatch.setattr(minq.gguf, "read_gguf", lambda path, progress=True: _tiny_gguf())
+    monkeypatch.setattr(minq.gguf, "read_gguf", lambda path, progress=True, dequantize=True: _tiny_gguf())
     monkeypatch.setattr(Tokenizer, "from_gguf_metadata", staticmethod(lambda md: None))
     m = LlamaModel.from_gguf("tiny.gguf", progress=False)
     assert np.isfinite(m.logits(np.arange(5))).all()
