@@ -71,3 +71,20 @@ def smollm2_cal(smollm2):
     from minq.data import calibration_tokens
 
     return calibration_tokens(smollm2.tokenizer, n_samples=4, seq_len=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """minq's tiny torch Llama (2 blocks, d 128, vocab 96) with weights of a trained model's scale (not the
+    init's zeros and ones), as a NumPy ``LlamaModel``: the packed-runtime and head tests' model."""
+    import torch
+
+    from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
+
+    torch.manual_seed(0)
+    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
+                        context_length=64)
+    net = TinyLlama(config)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return to_numpy_llama(net)

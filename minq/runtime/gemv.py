@@ -70,6 +70,16 @@ BITS = tuple(WAYS)
 _ROWS = ROWS                    # the kernel of each width (minq.runtime.gemv_int)
 
 
+def group_scales(w: GroupedAffine) -> tuple:
+    """``(s, m)`` float32 ``[out, G]`` of a ``GroupedAffine``: each group's scale and offset ``m = -s z``, so that
+    ``w_hat = s q + m`` (what every grouped kernel reads, converted once when a model is built)."""
+    qp = w.qparams()
+    out, n_in = w.shape
+    G = n_in // w.g
+    s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, G)), np.float32)
+    return s, -s * np.broadcast_to(qp.z[..., 0], (out, G)).astype(np.float32)
+
+
 class GroupedGemv:
     """``GroupedGemv(w)(x) -> y [out]``: the product of a ``GroupedAffine`` ``w [out, in]`` of 8, 4, 3 or 2
     bits (integer, symmetric or float zero points, groups of a multiple of 64 inputs or whole rows, not
@@ -86,11 +96,8 @@ class GroupedGemv:
                              f"bits={w.bits}, ragged_group_size={w.ragged_group_size}, {type(w.packed).__name__}")
         if w.g % BLOCK:
             raise ValueError(f"GroupedGemv needs groups of a multiple of {BLOCK} inputs, got g={w.g}")
-        qp = w.qparams()
-        out, n_in = w.shape
-        G = n_in // w.g
-        self.s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, G)), np.float32)    # [out, G]
-        self.m = -self.s * np.broadcast_to(qp.z[..., 0], (out, G)).astype(np.float32)         # [out, G]
+        n_in = w.shape[1]
+        self.s, self.m = group_scales(w)                                                       # [out, G]
         self.gidx = (np.arange(n_in // BLOCK) * BLOCK // w.g).astype(np.int32)                # [in / 64]
         self.P, self.g, self.bits, self.shape = np.ascontiguousarray(w.packed), w.g, w.bits, w.shape
 

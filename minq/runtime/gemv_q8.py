@@ -35,6 +35,7 @@ import numpy as np
 from minq._checks import check_float_array
 from minq._jit import JIT_ENABLED, njit, prange
 from minq.groups import GroupedAffine
+from minq.runtime.gemv import group_scales
 
 __all__ = ["quantize_input", "repack_halves", "gemv_q8_reference", "Int4GemvQ8", "BLOCK"]
 
@@ -178,11 +179,8 @@ class Int4GemvQ8:
                              f"not ragged; got bits={w.bits}, zero_point={w.zero_point!r}")
         if w.g % BLOCK:
             raise ValueError(f"Int4GemvQ8 needs groups of a multiple of {BLOCK} inputs, got g={w.g}")
-        qp = w.qparams()
         out, n_in = w.shape
-        G = n_in // w.g
-        self.s = np.ascontiguousarray(np.broadcast_to(qp.s[..., 0], (out, G)), np.float32)    # [out, G]
-        self.m = -self.s * np.broadcast_to(qp.z[..., 0], (out, G)).astype(np.float32)         # [out, G]
+        self.s, self.m = group_scales(w)                                                       # [out, G]
         self.P, self.g, self.shape = repack_halves(w.codes.reshape(out, n_in)), w.g, w.shape  # [out, in / 2]
 
     @classmethod

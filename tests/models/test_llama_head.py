@@ -4,25 +4,14 @@ head's kernel and never builds its float32 table."""
 
 import numpy as np
 import pytest
-import torch
 
 import minq
 from minq.groups import GroupedAffine, quantize_groups
 from minq.models.llama import LlamaModel
-from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
 
 F32 = np.float32
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
-                        context_length=64)
-    net = TinyLlama(config)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return to_numpy_llama(net)
 
 
 def _float_twin(model, E):
@@ -30,21 +19,21 @@ def _float_twin(model, E):
     return LlamaModel(model.config, model.weights, model.norms, E, tokenizer=model.tokenizer)
 
 
-def test_tied_head_quantized_everywhere(tiny):
-    q = minq.quantize(tiny, "rtn-w4g64+head-rtn-w4g64", progress=False)
+def test_tied_head_quantized_everywhere(tiny_llama):
+    q = minq.quantize(tiny_llama, "rtn-w4g64+head-rtn-w4g64", progress=False)
     w = q.head_weight
-    assert isinstance(w, GroupedAffine) and w.shape == tiny.embedding.shape and q.output is None
+    assert isinstance(w, GroupedAffine) and w.shape == tiny_llama.embedding.shape and q.output is None
     assert np.array_equal(q.embedding, w.dequantize())                       # lookups read the same values
-    assert not np.array_equal(q.embedding, tiny.embedding)
-    twin = _float_twin(minq.quantize(tiny, "rtn-w4g64", progress=False), w.dequantize())
+    assert not np.array_equal(q.embedding, tiny_llama.embedding)
+    twin = _float_twin(minq.quantize(tiny_llama, "rtn-w4g64", progress=False), w.dequantize())
     ids = np.arange(30) % 96
     for engine in ("fast", "reference"):
         assert np.array_equal(q.logits(ids, engine=engine), twin.logits(ids, engine=engine))
     assert q.nbytes == twin.nbytes                                          # nbytes: the linears
 
 
-def test_packed_head_kernel(tiny):
-    q = minq.quantize(tiny, "rtn-w4g64+head-rtn-w4g64", progress=False)
+def test_packed_head_kernel(tiny_llama):
+    q = minq.quantize(tiny_llama, "rtn-w4g64+head-rtn-w4g64", progress=False)
     for act in ("float", "int8"):
         p = q.packed(act)
         assert p._head_kernel is not None
@@ -62,34 +51,35 @@ def test_packed_head_kernel(tiny):
         assert p.dequantized()._head_kernel is None
 
 
-def test_untied_head_replaces_output_only(tiny):
+def test_untied_head_replaces_output_only(tiny_llama):
     rng = np.random.default_rng(0)
-    out = (0.05 * rng.standard_normal(tiny.embedding.shape)).astype(F32)
-    m = LlamaModel(tiny.config, tiny.weights, tiny.norms, tiny.embedding, output=out, tokenizer=tiny.tokenizer)
+    t = tiny_llama
+    out = (0.05 * rng.standard_normal(t.embedding.shape)).astype(F32)
+    m = LlamaModel(t.config, t.weights, t.norms, t.embedding, output=out, tokenizer=t.tokenizer)
     h = minq.quantize(m, "head-rtn-w8", progress=False)
-    assert h.embedding is tiny.embedding and isinstance(h.head_weight, GroupedAffine)
+    assert h.embedding is tiny_llama.embedding and isinstance(h.head_weight, GroupedAffine)
     assert np.array_equal(h.output, h.head_weight.dequantize())
     ids = np.arange(12) % 96
-    want = LlamaModel(tiny.config, tiny.weights, tiny.norms, tiny.embedding, output=h.output).logits(ids)
+    want = LlamaModel(t.config, t.weights, t.norms, t.embedding, output=h.output).logits(ids)
     assert np.array_equal(h.logits(ids), want)
 
 
-def test_head_stacks_with_other_schemes(tiny):
-    q = minq.quantize(tiny, "rtn-w4g64+head-rtn-w8+kv-int8", progress=False)
+def test_head_stacks_with_other_schemes(tiny_llama):
+    q = minq.quantize(tiny_llama, "rtn-w4g64+head-rtn-w8+kv-int8", progress=False)
     assert isinstance(q.head_weight, GroupedAffine) and q.head_weight.bits == 8
     ids = np.arange(20) % 96
     assert np.isfinite(q.logits(ids)).all()
     assert minq.registry.family_of("rtn-w4g64+head-rtn-w8") == "rtn+head"
-    act = minq.quantize(tiny, "w4a8+head-rtn-w4g64", progress=False)
+    act = minq.quantize(tiny_llama, "w4a8+head-rtn-w4g64", progress=False)
     assert isinstance(act.head_weight, GroupedAffine) and np.isfinite(act.logits(ids)).all()
 
 
-def test_bad_heads(tiny):
-    w = quantize_groups(tiny.embedding[:, :64], bits=4, group_size=64)
+def test_bad_heads(tiny_llama):
+    w = quantize_groups(tiny_llama.embedding[:, :64], bits=4, group_size=64)
     with pytest.raises(ValueError, match="head's shape"):
-        tiny.with_head(w)
+        tiny_llama.with_head(w)
     with pytest.raises(TypeError, match="w must be"):
-        tiny.with_head("q4")
+        tiny_llama.with_head("q4")
     with pytest.raises(ValueError, match="quantizes each weight on its own"):
         minq.registry.get("head-gptq-w4g64")
     with pytest.raises(ValueError, match="does not stack"):

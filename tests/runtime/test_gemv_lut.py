@@ -14,7 +14,6 @@ import minq
 from minq import fp8
 from minq._jit import py_func
 from minq.fp8_model import FP8Weight
-from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
 from minq.nf4 import CODEBOOK, NF4Weight
 from minq.runtime.gemv_lut import _FP8_KERNELS, FP8Gemv, NF4Gemv, _rows_nf4, fp8_linear, nf4_linear
 from minq.runtime.packed import DECODE_TOKENS, TILE, PackedGroup, packed_linear
@@ -153,22 +152,13 @@ def test_python_bodies(rng):
     assert (np.abs(y - _ref(w.dequantize(), x[:300])) <= _bound(w.dequantize(), x[:300])).all()
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
-                        context_length=64)
-    net = TinyLlama(config)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return to_numpy_llama(net)
 
 
 @pytest.mark.parametrize("scheme", ["nf4", "nf4-dq", "fp8-e4m3", "fp8-e5m2", "fp8-e4m3-block"])
-def test_packed_model_logits(tiny, scheme):
+def test_packed_model_logits(tiny_llama, scheme):
     """Every linear packed; the logits equal the dequantized model's within float32 rounding, for a prefill
     and for tokens decoded one at a time."""
-    q = minq.quantize(tiny, scheme, progress=False)
+    q = minq.quantize(tiny_llama, scheme, progress=False)
     p = q.packed()
     assert all(isinstance(W, PackedGroup) for W in p._W.values())
     ids = np.arange(24) % 96

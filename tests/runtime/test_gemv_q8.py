@@ -4,14 +4,12 @@ model with ``activations="int8"`` decodes as the float model whose decoded input
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minq
 from minq.groups import quantize_groups
-from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
 from minq.runtime.gemv_q8 import (
     BLOCK,
     Int4GemvQ8,
@@ -171,15 +169,6 @@ def test_refuses_other_containers(rng):
         packed_linear(quantize_groups(W, bits=4, group_size=64), "int4")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
-                        context_length=64)
-    net = TinyLlama(config)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return to_numpy_llama(net)
 
 
 def _round_decoded(name, X):
@@ -189,8 +178,8 @@ def _round_decoded(name, X):
     return np.stack([dequantize_input(*quantize_input(x)) for x in X])
 
 
-def test_packed_int8_model_decodes_as_rounded_inputs(tiny):
-    q = minq.quantize(tiny, "rtn-w4g64", progress=False)
+def test_packed_int8_model_decodes_as_rounded_inputs(tiny_llama):
+    q = minq.quantize(tiny_llama, "rtn-w4g64", progress=False)
     p = q.packed("int8")
     assert p.activations == "int8" and all(isinstance(W, PackedGroup) for W in p._W.values())
     assert isinstance(p._W[("blk.0.attn_output",)].linears[0], Int4GemvQ8)

@@ -3,29 +3,18 @@ model's logits within float32 rounding, on both engines, with a KV cache, with h
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minq
 from minq.groups import quantize_groups
-from minq.models.tiny import TinyConfig, TinyLlama, to_numpy_llama
 from minq.runtime.gemv import BITS, BLOCK, SUPER
 from minq.runtime.packed import DECODE_TOKENS, TILE, PackedGroup, packed_linear
 
 F32 = np.float32
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    config = TinyConfig(vocab_size=96, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384,
-                        context_length=64)
-    net = TinyLlama(config)
-    for p in net.parameters():                  # weights of a trained model's scale, not the init's zeros/ones
-        torch.nn.init.normal_(p, std=0.05)
-    return to_numpy_llama(net)
 
 
 @pytest.mark.parametrize("T", [1, DECODE_TOKENS, DECODE_TOKENS + 1, TILE + 7])
@@ -102,8 +91,8 @@ def test_packed_group_rows_and_kernels(rng):
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])
-def test_packed_model_logits(tiny, engine):
-    q = minq.quantize(tiny, "rtn-w4g64", progress=False)
+def test_packed_model_logits(tiny_llama, engine):
+    q = minq.quantize(tiny_llama, "rtn-w4g64", progress=False)
     p = q.packed()
     assert p.is_packed and not q.is_packed and p.dequantized().is_packed is False
     assert all(isinstance(W, PackedGroup) for W in p._W.values())
@@ -116,8 +105,8 @@ def test_packed_model_logits(tiny, engine):
     assert np.allclose(np.stack(steps), want[30:40], rtol=1e-4, atol=1e-4)
 
 
-def test_packed_model_with_hooks_and_wrappers(tiny):
-    q = minq.quantize(tiny, "rtn-w4g64", progress=False)
+def test_packed_model_with_hooks_and_wrappers(tiny_llama):
+    q = minq.quantize(tiny_llama, "rtn-w4g64", progress=False)
     p = q.packed()
     ids = np.arange(20) % 96
     seen = {}
@@ -136,10 +125,10 @@ def test_packed_model_with_hooks_and_wrappers(tiny):
 
 
 @pytest.mark.parametrize("scheme", ["rtn-w8g64", "rtn-w3g64", "rtn-w8", "rtn-w2g64-sym"])
-def test_packed_model_logits_grouped_schemes(tiny, scheme):
+def test_packed_model_logits_grouped_schemes(tiny_llama, scheme):
     """Every linear of these schemes is packed; the logits equal the dequantized model's within float32
     rounding, for a prefill and for tokens decoded one at a time."""
-    q = minq.quantize(tiny, scheme, progress=False)
+    q = minq.quantize(tiny_llama, scheme, progress=False)
     p = q.packed()
     assert all(isinstance(W, PackedGroup) for W in p._W.values())
     ids = np.arange(24) % 96
@@ -170,9 +159,9 @@ def test_packed_ternary_linear_property(data):
 
 
 @pytest.mark.parametrize("scheme", ["ternary", "ternary-a32"])
-def test_packed_ternary_models(tiny, scheme):
+def test_packed_ternary_models(tiny_llama, scheme):
     """BitNet's W1.58A8 (int8 input hooks, then the packed 2-bit product) and weights-only ternary."""
-    q = minq.quantize(tiny, scheme, progress=False)
+    q = minq.quantize(tiny_llama, scheme, progress=False)
     p = q.packed()
     inner = p.model if scheme == "ternary" else p                          # ActQuantModel wraps the model
     assert all(isinstance(W, PackedGroup) for W in inner._W.values())
